@@ -1,0 +1,22 @@
+"""broker: a zero-trust temporary credential broker for AWS."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Assemble the web application; every part wires itself with `init_app`."""
+    from broker import config, db, logs, policy_store, web
+
+    app = Flask(__name__, instance_relative_config=True)
+    os.makedirs(app.instance_path, exist_ok=True)
+    config.load_config(app, test_config)
+    logs.init_app(app)
+    db.init_app(app)
+    policy_store.init_app(app)
+    web.init_app(app)
+    return app

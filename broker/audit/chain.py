@@ -1,0 +1,208 @@
+"""The append-only, hash-chained audit trail.
+
+Each event stores `hash = SHA-256(prev_hash || canonical_json(event))`. Appends lock the single
+chain-head row (PostgreSQL `SELECT ... FOR UPDATE`; SQLite's `BEGIN IMMEDIATE` write lock), so
+the chain stays linear with any number of processes writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from broker.models import AuditEvent, AuditHead, utcnow
+
+GENESIS = "0" * 64
+HEAD_ID = 1
+CHAINED_FIELDS = (
+    "seq",
+    "ts",
+    "actor",
+    "action",
+    "target",
+    "decision",
+    "reason",
+    "ip",
+    "user_agent",
+    "client",
+    "policy_version",
+    "details",
+)
+# Defence in depth: a detail key that looks like a secret is refused outright.
+_SECRET_KEY = re.compile(r"secret|session_?token|password|private_?key", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """Who asked and from where: copied onto every event of one request."""
+
+    actor: str = "system"
+    ip: str | None = None
+    user_agent: str | None = None
+    client: str | None = None
+    policy_version: str | None = None
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """What a caller wants recorded; the chain adds seq, time and hashes."""
+
+    action: str
+    target: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+def format_ts(ts: datetime) -> str:
+    """The canonical text form of an event time: UTC, microseconds, `Z`."""
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_body(event: AuditEvent) -> dict[str, Any]:
+    """The chained fields of an event, as they are hashed and exported."""
+    body: dict[str, Any] = {name: getattr(event, name) for name in CHAINED_FIELDS}
+    body["ts"] = format_ts(event.ts)
+    body["details"] = dict(event.details or {})
+    return body
+
+
+def chain_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
+    """SHA-256 over the previous hash and the canonical event body."""
+    digest = hashlib.sha256(prev_hash.encode("ascii"))
+    digest.update(canonical_json(body).encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _check_details(details: Mapping[str, Any]) -> dict[str, Any]:
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                if _SECRET_KEY.search(str(key)):
+                    raise ValueError(f"audit detail {path}{key!r} looks like a secret; refused")
+                walk(inner, f"{path}{key}.")
+        elif isinstance(value, list | tuple):
+            for inner in value:
+                walk(inner, path)
+        elif isinstance(value, float):
+            raise ValueError(f"audit detail {path} is a float; use int or str for stable hashing")
+
+    walk(details, "")
+    result: dict[str, Any] = json.loads(canonical_json(details))
+    return result
+
+
+class AuditLog:
+    """Appends events to the chain inside the caller's transaction."""
+
+    def __init__(self, clock: Callable[[], datetime] = utcnow) -> None:
+        self.clock = clock
+
+    def append(self, session: Session, context: EventContext, event: NewEvent) -> AuditEvent:
+        """Lock the head, link a new event after it, and move the head. The caller commits."""
+        head = session.execute(
+            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
+        ).scalar_one_or_none()
+        if head is None:
+            raise RuntimeError("audit chain head missing: run `broker db upgrade`")
+        row = AuditEvent(
+            seq=head.seq + 1,
+            ts=self.clock(),
+            actor=context.actor,
+            action=event.action,
+            target=event.target,
+            decision=event.decision,
+            reason=event.reason,
+            ip=context.ip,
+            user_agent=(context.user_agent or None) and context.user_agent[:512],
+            client=context.client,
+            policy_version=context.policy_version,
+            details=_check_details(event.details),
+            prev_hash=head.hash,
+            hash="",
+        )
+        row.hash = chain_hash(head.hash, event_body(row))
+        session.add(row)
+        head.seq = row.seq
+        head.hash = row.hash
+        session.flush()
+        return row
+
+
+@dataclass(frozen=True)
+class Break:
+    """Where and why the chain stops verifying."""
+
+    seq: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"audit chain broken at event {self.seq}: {self.problem}"
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of a chain verification."""
+
+    checked: int = 0
+    last_seq: int = 0
+    last_hash: str = GENESIS
+    broken: Break | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every event links and hashes correctly."""
+        return self.broken is None
+
+
+def verify_events(events: Iterator[AuditEvent] | list[AuditEvent]) -> VerifyResult:
+    """Check sequence continuity, links and hashes; stop at the first break."""
+    result = VerifyResult()
+    expected_seq = 1
+    prev = GENESIS
+    for event in events:
+        if event.seq != expected_seq:
+            result.broken = Break(
+                event.seq, f"expected event {expected_seq} here (missing or reordered events)"
+            )
+            return result
+        if event.prev_hash != prev:
+            result.broken = Break(event.seq, "does not link to the previous event")
+            return result
+        if chain_hash(prev, event_body(event)) != event.hash:
+            result.broken = Break(event.seq, "content does not match its hash (edited)")
+            return result
+        prev = event.hash
+        expected_seq += 1
+        result.checked += 1
+        result.last_seq = event.seq
+        result.last_hash = event.hash
+    return result
+
+
+def verify_database(session: Session) -> VerifyResult:
+    """Verify the whole chain in the database, streaming, and compare with the head."""
+    rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000))
+    result = verify_events(row for (row,) in rows)
+    if result.ok:
+        head = session.get(AuditHead, HEAD_ID)
+        if head is not None and (head.seq, head.hash) != (result.last_seq, result.last_hash):
+            result.broken = Break(
+                result.last_seq + 1,
+                f"chain head says event {head.seq} but the trail ends at {result.last_seq} "
+                "(events deleted from the end)",
+            )
+    return result

@@ -1,0 +1,41 @@
+"""The `broker` command: server-side admin commands and the engineer's client commands."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from broker.errors import BrokerError
+
+
+def _load_app() -> Flask:
+    from broker import create_app
+
+    try:
+        return create_app()
+    except BrokerError as exc:
+        raise click.ClickException(exc.explain()) from exc
+
+
+def build() -> click.Group:
+    """Assemble the command tree (no work at import time)."""
+    from broker.cli.policy import policy
+    from broker.migrate import db_cli
+
+    group = FlaskGroup(
+        name="broker",
+        create_app=_load_app,
+        add_version_option=False,
+        load_dotenv=False,
+        set_debug_flag=False,
+        help="Zero-trust temporary credentials for AWS.",
+    )
+    group.add_command(policy)
+    group.add_command(db_cli)
+    return group
+
+
+def main() -> None:
+    """Console-script entry point."""
+    build()(prog_name="broker")

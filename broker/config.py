@@ -1,0 +1,119 @@
+"""Configuration: defaults < instance file < BROKER_* environment < test config.
+
+Everything is read and validated inside `create_app`, never at import. A bad or missing
+setting stops startup with a message that names the setting, what it got and what it expects.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from flask import Flask
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from broker.errors import ConfigError
+
+INSTANCE_FILE = "broker.toml"
+
+
+class Settings(BaseModel):
+    """The validated settings the broker runs with (Flask config keys, upper case)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ENV: Literal["production", "development", "testing"] = "production"
+    SECRET_KEY: str | None = None
+    DATABASE_URL: str = ""
+    POLICY_DIR: str = "policies"
+    BASE_URL: str | None = None
+    AWS_REGION: str = "us-east-1"
+    AWS_ENDPOINT_URL: str | None = None
+    STS_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
+    STS_MAX_ATTEMPTS: int = Field(default=4, ge=1, le=10)
+    OIDC_ISSUER: str | None = None
+    OIDC_CLIENT_ID: str | None = None
+    OIDC_CLIENT_SECRET: str | None = None
+    OIDC_GROUPS_CLAIM: str = "groups"
+    OIDC_ALLOWED_ALGS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+    OIDC_SCOPES: str = "openid email profile groups"
+    API_TOKEN_TTL_SECONDS: int = Field(default=12 * 3600, ge=300, le=7 * 24 * 3600)
+    MAX_CONTENT_LENGTH: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
+    PENDING_REQUEST_TTL_SECONDS: int = Field(default=24 * 3600, ge=300)
+    AUDIT_SIGNING_KEY_FILE: str | None = None
+    FEDERATION_ENDPOINT: str = "https://signin.aws.amazon.com/federation"
+    CONSOLE_URL: str = "https://console.aws.amazon.com/"
+    LOG_JSON: bool = True
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if value and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("OIDC_ALLOWED_ALGS", mode="before")
+    @classmethod
+    def _split_algs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [a for a in value if a == "none" or a.upper().startswith("HS")]
+        if bad:
+            raise ValueError(f"{bad} are not allowed: use asymmetric algorithms only")
+        return value
+
+
+def load_config(app: Flask, test_config: dict[str, Any] | None) -> Settings:
+    """Fill `app.config` from every source in order, then validate it."""
+    app.config.from_mapping(_defaults(app))
+    instance_file = Path(app.instance_path) / INSTANCE_FILE
+    if instance_file.exists():
+        try:
+            data = tomllib.loads(instance_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{instance_file}: not valid TOML: {exc}") from exc
+        app.config.from_mapping({k.upper(): v for k, v in data.items()})
+    app.config.from_prefixed_env("BROKER")
+    if test_config:
+        app.config.from_mapping(test_config)
+    settings = validate(app.config)
+    if not app.config.get("DATABASE_URL"):
+        app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'broker.db'}"
+    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_CONTENT_LENGTH
+    if settings.SECRET_KEY is None:
+        # Dev and test only (validate() refuses this in production): a per-process key.
+        app.config["SECRET_KEY"] = os.urandom(32).hex()
+    return validate(app.config)
+
+
+def _defaults(app: Flask) -> dict[str, Any]:
+    return {
+        "ENV": "production",
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+    }
+
+
+def validate(config: Any) -> Settings:
+    """Validate a Flask config mapping; raise ConfigError naming each bad setting."""
+    values = {k: config[k] for k in Settings.model_fields if k in config and config[k] is not None}
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            got = values.get(name, "<missing>")
+            problems.append(f"BROKER_{name}: got {got!r}, expected {err['msg'].lower()}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+    if settings.ENV == "production":
+        if not settings.SECRET_KEY or len(settings.SECRET_KEY) < 32:
+            raise ConfigError(
+                "BROKER_SECRET_KEY: got "
+                + ("<missing>" if not settings.SECRET_KEY else "a key shorter than 32 characters")
+                + ", expected a random string of at least 32 characters in production.",
+                hint="Generate one with: python -c 'import secrets; print(secrets.token_hex(32))'",
+            )
+    return settings

@@ -1,0 +1,81 @@
+"""Shared fixtures: a real database per test (SQLite file and PostgreSQL), app, client."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from broker import create_app
+from broker.db import Database
+from broker.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+PG_URL = os.environ.get("BROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _pg_schema_url(schema: str) -> str:
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a private schema in PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'broker.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _pg_schema_url(schema)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database(db_url: str) -> Iterator[Database]:
+    """A migrated Database on the parametrized backend."""
+    db = Database(db_url)
+    upgrade(db)
+    yield db
+    db.dispose()
+
+
+def make_config(db_url: str, tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """Test configuration pointing at a migrated database and the example policies."""
+    config: dict[str, Any] = {
+        "ENV": "testing",
+        "TESTING": True,
+        "DATABASE_URL": db_url,
+        "POLICY_DIR": str(POLICIES),
+        "LOG_JSON": True,
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture
+def app(database: Database, tmp_path: Path) -> Iterator[Flask]:
+    """The broker app on a migrated database."""
+    application = create_app(make_config(database.url, tmp_path))
+    yield application
+    application.extensions["broker.db"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    """A test client for `app`."""
+    return app.test_client()
