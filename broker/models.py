@@ -129,7 +129,7 @@ class Grant(Base):
     ended_by: Mapped[str | None] = mapped_column(String(320))
     end_reason: Mapped[str | None] = mapped_column(Text)
 
-    principal: Mapped[Principal] = relationship(lazy="joined")
+    principal: Mapped[Principal] = relationship(lazy="joined", innerjoin=True)
 
 
 class IssuedSession(Base):
@@ -233,3 +233,75 @@ class AuditCheckpoint(Base):
     signed_at: Mapped[datetime]
     key_id: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class WebSession(Base):
+    """A server-side browser session; the cookie carries only a random id (stored hashed)."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal_id: Mapped[str] = mapped_column(ForeignKey("principals.id"), index=True)
+    claims: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    ended_at: Mapped[datetime | None]
+
+
+class LoginAttempt(Base):
+    """One OIDC authorization request: state, nonce and PKCE verifier, usable once."""
+
+    __tablename__ = "login_attempts"
+
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(128))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    next_path: Mapped[str] = mapped_column(String(2048), default="/")
+    browser_binding: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class DeviceAuthorization(Base):
+    """An RFC 8628 device authorization: the CLI polls with the device code."""
+
+    __tablename__ = "device_authorizations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    device_code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_code: Mapped[str] = mapped_column(String(16), unique=True)
+    client_id: Mapped[str] = mapped_column(String(128))
+    client_name: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    interval: Mapped[int] = mapped_column(Integer, default=5)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    last_polled_at: Mapped[datetime | None]
+    principal_id: Mapped[str | None] = mapped_column(String(32))
+    claims: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    requester_ip: Mapped[str | None] = mapped_column(String(64))
+    requester_agent: Mapped[str | None] = mapped_column(String(512))
+    decided_at: Mapped[datetime | None]
+
+
+class RateLimitBucket(Base):
+    """A fixed-window counter shared by every worker (key = what is limited and for whom)."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    window_start: Mapped[datetime]
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SchedulerLease(Base):
+    """Which scheduler process holds the singleton lease (SQLite refuses a second one)."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    heartbeat_at: Mapped[datetime]

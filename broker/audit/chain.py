@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.errors import AuditUnavailable
 from broker.models import AuditEvent, AuditHead, utcnow
 
 GENESIS = "0" * 64
@@ -117,7 +118,10 @@ class AuditLog:
             select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
         ).scalar_one_or_none()
         if head is None:
-            raise RuntimeError("audit chain head missing: run `broker db upgrade`")
+            raise AuditUnavailable(
+                "The audit chain head is missing, so nothing can be recorded.",
+                hint="Run `broker db upgrade`.",
+            )
         row = AuditEvent(
             seq=head.seq + 1,
             ts=self.clock(),

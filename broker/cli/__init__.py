@@ -20,6 +20,8 @@ def _load_app() -> Flask:
 
 def build() -> click.Group:
     """Assemble the command tree (no work at import time)."""
+    from broker.audit.cli import audit_cli
+    from broker.auth.cli import token_cli
     from broker.cli.policy import policy
     from broker.migrate import db_cli
 
@@ -31,8 +33,8 @@ def build() -> click.Group:
         set_debug_flag=False,
         help="Zero-trust temporary credentials for AWS.",
     )
-    group.add_command(policy)
-    group.add_command(db_cli)
+    for command in (policy, db_cli, audit_cli, token_cli):
+        group.add_command(command)
     return group
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -40,6 +41,17 @@ def format_duration(value: timedelta) -> str:
 
 def session_duration(value: object) -> timedelta:
     """Parse a duration and require it to lie within what STS allows (15m to 12h)."""
+    if isinstance(value, str | int):
+        return _cached_session_duration(value)  # the same few values repeat across a policy
+    return _session_duration(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_session_duration(value: str | int) -> timedelta:
+    return _session_duration(value)
+
+
+def _session_duration(value: object) -> timedelta:
     duration = parse_duration(value)
     if duration < MIN_SESSION:
         raise ValueError(

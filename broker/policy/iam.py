@@ -95,7 +95,9 @@ def session_policy_issues(doc: object) -> list[IamIssue]:
     for key in doc:
         if key not in _TOP_KEYS:
             issues.append(
-                IamIssue((str(key),), f"unknown policy key {key!r}; allowed: Version, Id, Statement")
+                IamIssue(
+                    (str(key),), f"unknown policy key {key!r}; allowed: Version, Id, Statement"
+                )
             )
     version = doc.get("Version")
     if version not in POLICY_VERSIONS:
@@ -112,7 +114,9 @@ def session_policy_issues(doc: object) -> list[IamIssue]:
         for index, statement in enumerate(statements):
             issues.extend(_check_statement(statement, ("Statement", index)))
     else:
-        issues.append(IamIssue(("Statement",), "must be a statement or a non-empty list of statements"))
+        issues.append(
+            IamIssue(("Statement",), "must be a statement or a non-empty list of statements")
+        )
     if not any(i.severity == "error" for i in issues):
         size = len(policy_json_compact(doc))
         if size > SESSION_POLICY_MAX_CHARS:
@@ -175,9 +179,9 @@ def _check_pair(
     issues: list[IamIssue] = []
     for index, item in enumerate(values):
         item_path = (*path, name) if isinstance(value, str) else (*path, name, index)
-        problem = check_one(item)
-        if problem:
-            issues.append(IamIssue(item_path, problem))
+        found = check_one(item)
+        if found:
+            issues.append(IamIssue(item_path, found))
     return issues
 
 
@@ -229,7 +233,9 @@ def _may_write(action: str) -> bool:
     return not name.startswith(_READ_PREFIXES)
 
 
-def _escalation_warnings(statement: Mapping[str, Any], path: tuple[PathPart, ...]) -> list[IamIssue]:
+def _escalation_warnings(
+    statement: Mapping[str, Any], path: tuple[PathPart, ...]
+) -> list[IamIssue]:
     warnings: list[IamIssue] = []
     actions = _as_list(statement.get("Action"))
     for action in actions:

@@ -1,10 +1,10 @@
-"""A `Match` compiled for fast checks, and the plain-English words for why it did or did not match."""
+"""A `Match` compiled for fast checks, with plain-English words for why it matched or not."""
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from typing import Any
 
 from broker.policy.model import Match
@@ -20,9 +20,9 @@ def claim_strings(value: object) -> frozenset[str]:
     )
 
 
-def _or(values: Any) -> str:
-    values = list(values)
-    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
+def _or(values: Iterable[str]) -> str:
+    items = list(values)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
 
 
 class CompiledMatch:
@@ -43,9 +43,7 @@ class CompiledMatch:
         self.claims = {name: claim_strings(value) for name, value in match.claims.items()}
         self.everyone = match.everyone
 
-    def matches(
-        self, email: str, groups: Set[str], kind: str, claims: Mapping[str, Any]
-    ) -> bool:
+    def matches(self, email: str, groups: Set[str], kind: str, claims: Mapping[str, Any]) -> bool:
         """True when every condition holds; ``email`` must already be lowercased."""
         if self.everyone:
             return True
@@ -66,8 +64,11 @@ class CompiledMatch:
             return "open to everyone"
         parts: list[str] = []
         if self.groups:
-            hit = sorted(self.groups & groups)
-            parts.append(f"member of group{'s' if len(hit) > 1 else ''} {', '.join(hit)}")
+            hit = self.groups & groups
+            if len(hit) == 1:
+                parts.append(f"member of group {next(iter(hit))}")
+            else:
+                parts.append(f"member of groups {', '.join(sorted(hit))}")
         if self.email_re is not None:
             glob = next(g for g in self.email_globs if fnmatch.fnmatchcase(email, g))
             parts.append(f"email {email}" + ("" if glob == email else f" matches {glob}"))

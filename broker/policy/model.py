@@ -35,7 +35,9 @@ KINDS: tuple[str, ...] = ("staff", "contractor")
 
 ENTITLEMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[-a-z]*:iam::\d{12}:role/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}$")
-POLICY_ARN_RE = re.compile(r"^arn:aws[-a-z]*:iam::(?:aws|\d{12}):policy/(?:[\w+=,.@-]+/)*[\w+=,.@-]+$")
+POLICY_ARN_RE = re.compile(
+    r"^arn:aws[-a-z]*:iam::(?:aws|\d{12}):policy/(?:[\w+=,.@-]+/)*[\w+=,.@-]+$"
+)
 VPC_RE = re.compile(r"^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 
 
@@ -139,7 +141,10 @@ ValidUntil = Annotated[
     BeforeValidator(_valid_until),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}],
+            "anyOf": [
+                {"type": "string", "format": "date"},
+                {"type": "string", "format": "date-time"},
+            ],
             "description": "a date (valid through the end of that day, UTC) or a datetime",
         }
     ),
@@ -281,7 +286,7 @@ class PolicySet:
     ) -> PolicySet:
         """Merge parsed files in order (people and deny rules keep that order)."""
         files = list(files)
-        default_kind = next((f.default_kind for f in files if f.default_kind), "staff")
+        default_kind: Kind = next((f.default_kind for f in files if f.default_kind), "staff")
         return cls(
             entitlements=tuple(e for f in files for e in f.entitlements),
             people=tuple(p for f in files for p in f.people),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pytest
 import requests
@@ -52,8 +52,12 @@ def idp() -> Iterator[OidcProvider]:
         yield provider
 
 
+def _keyset(idp: OidcProvider) -> KeySet:
+    return KeySet.import_key_set(requests.get(idp.jwks_uri, timeout=10).json())
+
+
 def _verify(idp: OidcProvider, id_token: str, audience: str = "broker") -> dict[str, Any]:
-    keys = KeySet.import_key_set(requests.get(idp.jwks_uri, timeout=10).json())
+    keys = _keyset(idp)
     token = jwt.decode(id_token, keys, algorithms=["RS256", "ES256"])
     registry = jwt.JWTClaimsRegistry(
         iss={"essential": True, "value": idp.issuer},
@@ -96,7 +100,7 @@ def test_login_by_sub_and_public_native_client_with_es256(idp: OidcProvider) -> 
     # Native clients may use any loopback port (RFC 8252); this one is public and signs ES256.
     redirect = "http://127.0.0.1:54321/cli/callback"
     tokens = idp.login("u-alex", client_id="broker-cli", redirect_uri=redirect)
-    header = jwt.decode(tokens["id_token"], KeySet.import_key_set(idp.jwks())).header
+    header = jwt.decode(tokens["id_token"], _keyset(idp)).header
     assert header["alg"] == "ES256"
     claims = _verify(idp, tokens["id_token"], audience="broker-cli")
     assert claims["email"] == "alex@corp.example"
@@ -138,10 +142,13 @@ def test_sso_session_and_rp_initiated_logout(idp: OidcProvider) -> None:
     _verifier, challenge = pkce_pair()
     url = idp.authorization_url(client_id="broker", code_challenge=challenge)
     resp = http.get(url, allow_redirects=False, timeout=10)
-    while resp.is_redirect and resp.headers["location"].startswith(idp.issuer):
-        resp = http.get(resp.headers["location"], allow_redirects=False, timeout=10)
-    assert resp.is_redirect
-    assert resp.headers["location"].startswith(WEB_REDIRECT + "?code=")
+    location = ""
+    while resp.is_redirect:
+        location = urljoin(resp.url, resp.headers["location"])
+        if not location.startswith(idp.issuer):
+            break
+        resp = http.get(location, allow_redirects=False, timeout=10)
+    assert location.startswith(WEB_REDIRECT + "?code=")
     done = idp.logout(
         session=http,
         id_token_hint=first["id_token"],

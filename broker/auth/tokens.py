@@ -1,0 +1,85 @@
+"""Broker-issued opaque bearer tokens: random, stored only as SHA-256, expiring, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from broker.errors import Unauthenticated
+from broker.models import ApiToken, Principal
+
+PREFIX = "brk_"
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def looks_like_broker_token(value: str) -> bool:
+    """True for tokens this broker minted (as opposed to JWTs)."""
+    return value.startswith(PREFIX)
+
+
+def mint(
+    session: Session,
+    principal: Principal,
+    *,
+    name: str,
+    kind: str,
+    ttl: timedelta,
+    now: datetime,
+    claims: dict[str, Any] | None = None,
+) -> tuple[str, ApiToken]:
+    """Create a token for `principal`; the plaintext is returned once and never stored."""
+    plaintext = PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(
+        token_hash=hash_token(plaintext),
+        principal_id=principal.id,
+        name=name,
+        kind=kind,
+        claims=claims or {},
+        created_at=now,
+        expires_at=now + ttl,
+    )
+    session.add(row)
+    session.flush()
+    return plaintext, row
+
+
+def authenticate(session: Session, plaintext: str, *, now: datetime) -> tuple[ApiToken, Principal]:
+    """Resolve a bearer token to its row and principal, or raise Unauthenticated."""
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
+    if row is None:
+        raise Unauthenticated(
+            "The access token is not valid.", hint="Sign in again with `broker login`."
+        )
+    if row.revoked_at is not None:
+        raise Unauthenticated(
+            "The access token was revoked.", hint="Sign in again with `broker login`."
+        )
+    if row.expires_at <= now:
+        raise Unauthenticated(
+            "The access token has expired.", hint="Sign in again with `broker login`."
+        )
+    principal = session.get(Principal, row.principal_id)
+    if principal is None:  # pragma: no cover - foreign key makes this impossible
+        raise Unauthenticated("The access token's owner no longer exists.")
+    row.last_used_at = now
+    return row, principal
+
+
+def revoke_for_principals(session: Session, principal_ids: Sequence[str], *, now: datetime) -> int:
+    """Revoke every live token of these principals; return how many."""
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.principal_id.in_(principal_ids), ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,159 @@
+"""`broker policy ...`: check, explain and test the policy files, and print their schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from broker.policy import (
+    Identity,
+    LoadedPolicy,
+    PolicyLoadError,
+    RequestContext,
+    describe_decision,
+    describe_person,
+    load_cases,
+    load_policy_dir,
+    policy_json_schema,
+    run_cases,
+    tests_dir,
+)
+
+DEFAULT_DIR = "policies"
+_DIR = click.Path(path_type=Path)
+
+
+def _load(directory: Path) -> LoadedPolicy:
+    """Load the policy or print every problem and exit 1."""
+    try:
+        loaded = load_policy_dir(directory)
+    except PolicyLoadError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        count = len(exc.errors)
+        click.echo(f"{directory}: {count} error{'s' if count != 1 else ''}; not loaded", err=True)
+        raise click.exceptions.Exit(1) from None
+    for warning in loaded.warnings:
+        click.echo(str(warning), err=True)
+    return loaded
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _claims(values: tuple[str, ...]) -> dict[str, object]:
+    claims: dict[str, object] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not name=value", param_hint="--claim")
+        previous = claims.get(name)
+        if previous is None:
+            claims[name] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            claims[name] = [previous, value]
+    return claims
+
+
+@click.group(name="policy")
+def policy() -> None:
+    """Check, explain and test the access policy files."""
+
+
+@policy.command()
+@click.argument("directory", type=_DIR, default=DEFAULT_DIR)
+def check(directory: Path) -> None:
+    """Validate every policy file in DIRECTORY; exit 1 and list problems if any is invalid."""
+    loaded = _load(directory)
+    policy_set = loaded.policy
+    click.echo(
+        f"{directory}: OK: {len(policy_set.entitlements)} entitlements, "
+        f"{len(policy_set.deny)} deny rules, {len(policy_set.people)} people rules, "
+        f"{len(loaded.warnings)} warnings; version {loaded.version_hash[:12]}"
+    )
+
+
+@policy.command()
+@click.option("--email", required=True, help="The person's email address.")
+@click.option("--groups", multiple=True, help="Groups, comma-separated (repeatable).")
+@click.option("--claim", "claim_items", multiple=True, help="Extra claim as name=value.")
+@click.option("--amr", multiple=True, help="Sign-in methods, e.g. pwd,mfa (repeatable).")
+@click.option("--acr", help="Authentication context class the sign-in reached.")
+@click.option("--source-ip", help="Address the request comes from.")
+@click.option("--source-vpc", help="VPC the request comes from.")
+@click.option("--entitlement", "entitlement_id", help="Explain only this entitlement.")
+@click.option("--at", "at", type=click.DateTime(), help="Evaluate at this UTC time (default now).")
+@click.option("--dir", "directory", type=_DIR, default=DEFAULT_DIR, show_default=True)
+def explain(
+    email: str,
+    groups: tuple[str, ...],
+    claim_items: tuple[str, ...],
+    amr: tuple[str, ...],
+    acr: str | None,
+    source_ip: str | None,
+    source_vpc: str | None,
+    entitlement_id: str | None,
+    at: datetime | None,
+    directory: Path,
+) -> None:
+    """Say what the policy decides for a person, and which rule decided it."""
+    evaluator = _load(directory).evaluator
+    identity = Identity(
+        issuer="cli",
+        subject=email,
+        email=email,
+        groups=frozenset(_split(groups)),
+        claims=_claims(claim_items),
+        amr=tuple(_split(amr)),
+        acr=acr,
+    )
+    now = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
+    ctx = RequestContext(now=now, source_ip=source_ip, source_vpc=source_vpc)
+    person = evaluator.resolve(identity)
+    for line in describe_person(evaluator, person, now):
+        click.echo(line)
+    click.echo("")
+    if entitlement_id:
+        decisions = [evaluator.decide(person, entitlement_id, ctx)]
+    else:
+        decisions = evaluator.decide_all(person, ctx)
+    for decision in decisions:
+        click.echo("\n".join(describe_decision(decision)))
+
+
+@policy.command(name="test")
+@click.argument("directory", type=_DIR, default=DEFAULT_DIR)
+@click.option("--verbose", "-v", is_flag=True, help="Show the reasons of passing cases too.")
+def run_tests(directory: Path, verbose: bool) -> None:
+    """Run the decision tests in DIRECTORY/tests; exit 1 if any case fails."""
+    evaluator = _load(directory).evaluator
+    try:
+        cases = load_cases(tests_dir(directory))
+    except PolicyLoadError as exc:
+        for issue in exc.issues:
+            click.echo(str(issue), err=True)
+        raise click.exceptions.Exit(1) from None
+    results = run_cases(evaluator, cases)
+    for result in results:
+        status = "PASS" if result.passed else "FAIL"
+        click.echo(f"{status}  {result.where}  {result.case.name}")
+        if result.problem:
+            click.echo(f"      {result.problem}")
+        elif verbose:
+            click.echo(f"      {result.decision.verdict}: {'; '.join(result.decision.reasons)}")
+    failed = sum(not r.passed for r in results)
+    click.echo(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@policy.command()
+def schema() -> None:
+    """Print the JSON Schema of a policy file (point your editor's YAML support at it)."""
+    click.echo(json.dumps(policy_json_schema(), indent=2))

@@ -1,0 +1,226 @@
+"""Load a directory of policy YAML files into a PolicySet, failing closed with file:line errors.
+
+Every file is parsed and validated, and every problem in every file is reported at once, each
+pointing at the line of the offending YAML node. Any error means nothing is loaded: the caller
+keeps the last good policy (or refuses to start).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+from yaml.nodes import MappingNode, Node, SequenceNode
+
+from broker.policy.evaluator import Evaluator
+from broker.policy.iam import format_path, session_policy_issues
+from broker.policy.issues import PolicyIssue, PolicyLoadError, validation_issues
+from broker.policy.model import PolicyFile, PolicySet
+from broker.policy.yamlsource import YamlProblem, line_of, parse_yaml, paused_gc
+
+__all__ = ["LoadedPolicy", "PolicyIssue", "PolicyLoadError", "load_policy_dir", "read_yaml_file"]
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """A validated policy with what is needed to use, audit and report it."""
+
+    policy: PolicySet
+    version_hash: str
+    warnings: list[PolicyIssue]
+    source_dir: Path
+    evaluator: Evaluator
+
+
+@dataclass
+class _File:
+    display: str
+    name: str
+    node: Node | None
+    parsed: PolicyFile | None = None
+
+    def line(self, loc: tuple[str | int, ...]) -> int | None:
+        return line_of(self.node, loc) if self.node is not None else None
+
+    def item_lines(self, key: str) -> list[int]:
+        """1-based lines of the items of a top-level list, e.g. each entitlement."""
+        if isinstance(self.node, MappingNode):
+            for key_node, value in self.node.value:
+                if key_node.value == key and isinstance(value, SequenceNode):
+                    return [item.start_mark.line + 1 for item in value.value]
+        return []
+
+
+def yaml_files(directory: Path) -> list[Path]:
+    """The ``*.yaml`` and ``*.yml`` files directly in a directory, sorted by name."""
+    return sorted(p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
+
+
+def read_yaml_file(path: Path, raw: bytes) -> tuple[Node | None, object, list[PolicyIssue]]:
+    """Parse a file's bytes; return (node tree, data, problems found on the way)."""
+    display = str(path)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, None, [PolicyIssue(display, None, f"not UTF-8 text ({exc}); save as UTF-8")]
+    try:
+        node, data, duplicates = parse_yaml(raw)  # bytes parse faster than str in libyaml
+    except YamlProblem as exc:
+        return None, None, [PolicyIssue(display, exc.line, f"invalid YAML: {exc.message}")]
+    return node, data, [PolicyIssue(display, line, message) for line, message in duplicates]
+
+
+def load_policy_dir(path: str | Path) -> LoadedPolicy:
+    """Load and validate every ``*.yaml``/``*.yml`` file in a directory (not recursive).
+
+    Raises PolicyLoadError listing every problem in every file when anything is wrong.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        what = "is not a directory" if directory.exists() else "does not exist"
+        raise PolicyLoadError(
+            [PolicyIssue(str(directory), None, f"policy directory {what}; pass the right path")]
+        )
+    paths = yaml_files(directory)
+    if not paths:
+        raise PolicyLoadError(
+            [
+                PolicyIssue(
+                    str(directory),
+                    None,
+                    "no policy files (*.yaml, *.yml) found; refusing to run without a policy "
+                    "(fail closed)",
+                )
+            ]
+        )
+    issues: list[PolicyIssue] = []
+    digest = hashlib.sha256()
+    with paused_gc():
+        files: list[_File] = []
+        for file_path in paths:
+            raw = file_path.read_bytes()
+            digest.update(file_path.name.encode() + b"\0" + raw + b"\0")
+            files.append(_parse(file_path, raw, issues))
+        parsed = [f for f in files if f.parsed is not None]
+        origins = _cross_checks(directory, parsed, issues)
+        policy = PolicySet.from_files([f.parsed for f in parsed if f.parsed], origins)
+        issues.extend(_warnings(parsed, policy))
+        # Free the node trees (a few objects per YAML value) before the collector runs again.
+        del files, parsed
+        if any(i.severity == "error" for i in issues):
+            raise PolicyLoadError(issues)
+        evaluator = Evaluator(policy)
+    warnings = sorted(issues, key=lambda i: (i.path, i.line or 0))
+    return LoadedPolicy(policy, digest.hexdigest(), warnings, directory, evaluator)
+
+
+def _parse(file_path: Path, raw: bytes, issues: list[PolicyIssue]) -> _File:
+    node, data, problems = read_yaml_file(file_path, raw)
+    issues.extend(problems)
+    display = str(file_path)
+    result = _File(display, file_path.name, node)
+    if node is None and problems:
+        return result
+    if not isinstance(data, dict):
+        what = "empty" if data is None else f"a {type(data).__name__}, not a mapping"
+        issues.append(
+            PolicyIssue(display, 1, f"file is {what}; a policy file is a mapping with version: 1")
+        )
+        return result
+    try:
+        result.parsed = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(validation_issues(display, node, exc))
+    return result
+
+
+def _cross_checks(directory: Path, files: list[_File], issues: list[PolicyIssue]) -> dict[str, str]:
+    """Check what spans files (unique ids, one default_kind); return where each rule is."""
+    origins: dict[str, str] = {}
+    first_seen: dict[str, tuple[_File, int]] = {}
+    default_kind: tuple[str, str] | None = None
+    deny_count = people_count = 0
+    for file in files:
+        assert file.parsed is not None  # noqa: S101 - filtered by the caller
+        lines = file.item_lines("entitlements")
+        for index, ent in enumerate(file.parsed.entitlements):
+            if ent.id in first_seen:
+                other, other_index = first_seen[ent.id]
+                issues.append(
+                    PolicyIssue(
+                        file.display,
+                        file.line(("entitlements", index, "id")),
+                        f"duplicate entitlement id {ent.id!r}: also defined at {other.display}:"
+                        f"{other.line(('entitlements', other_index, 'id'))}; ids must be unique "
+                        "across all policy files",
+                    )
+                )
+                continue
+            first_seen[ent.id] = (file, index)
+            origins[f"entitlement:{ent.id}"] = f"{file.name}:{lines[index]}"
+        for line in file.item_lines("deny"):
+            origins[f"deny:{deny_count}"] = f"{file.name}:{line}"
+            deny_count += 1
+        for line in file.item_lines("people"):
+            origins[f"people:{people_count}"] = f"{file.name}:{line}"
+            people_count += 1
+        if file.parsed.default_kind:
+            here = f"{file.display}:{file.line(('default_kind',))}"
+            if default_kind and default_kind[0] != file.parsed.default_kind:
+                issues.append(
+                    PolicyIssue(
+                        file.display,
+                        file.line(("default_kind",)),
+                        f"default_kind {file.parsed.default_kind!r} conflicts with "
+                        f"{default_kind[0]!r} at {default_kind[1]}; set it in one file only",
+                    )
+                )
+            default_kind = default_kind or (file.parsed.default_kind, here)
+    if files and not first_seen and not any(i.severity == "error" for i in issues):
+        issues.append(
+            PolicyIssue(
+                str(directory),
+                None,
+                "no entitlements defined in any policy file; refusing to run with a policy that "
+                "allows nothing by accident (fail closed)",
+            )
+        )
+    return origins
+
+
+def _warnings(files: list[_File], policy: PolicySet) -> list[PolicyIssue]:
+    ids = [e.id for e in policy.entitlements]
+    warnings: list[PolicyIssue] = []
+    for file in files:
+        assert file.parsed is not None  # noqa: S101 - filtered by the caller
+        for index, rule in enumerate(file.parsed.deny):
+            for number, glob in enumerate(rule.entitlements):
+                if not fnmatch.filter(ids, glob):
+                    warnings.append(
+                        PolicyIssue(
+                            file.display,
+                            file.line(("deny", index, "entitlements", number)),
+                            f"deny pattern {glob!r} matches no entitlement; check the id "
+                            "(it will apply to any entitlement added later with a matching id)",
+                            "warning",
+                        )
+                    )
+        for index, ent in enumerate(file.parsed.entitlements):
+            if ent.session_policy is None:
+                continue
+            for issue in session_policy_issues(ent.session_policy):
+                loc = ("entitlements", index, "session_policy", *issue.path)
+                warnings.append(
+                    PolicyIssue(
+                        file.display,
+                        file.line(loc),
+                        f"entitlement {ent.id}: {format_path(loc[2:])}: {issue.message}",
+                        "warning",
+                    )
+                )
+    return warnings

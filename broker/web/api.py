@@ -1,0 +1,214 @@
+"""The JSON API under /api/v1: thin handlers over GrantService."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from broker.errors import BadRequest
+from broker.grants import Caller, GrantService, grant_summary
+from broker.policy import Decision, describe_person, format_duration, parse_duration
+from broker.services import grant_service
+from broker.web.authn import authenticate, request_meta
+from broker.web.openapi import OPENAPI
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GrantBody(_Body):
+    """POST /grants."""
+
+    entitlement: str = Field(min_length=1, max_length=64)
+    reason: str | None = Field(default=None, max_length=1000)
+    duration: str | int | None = None
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: str | int | None) -> str | int | None:
+        if value is not None:
+            _to_delta(value)
+        return value
+
+
+class CredentialsBody(GrantBody):
+    """POST /credentials."""
+
+
+class DecisionBody(_Body):
+    """POST /grants/<id>/approve|deny|revoke."""
+
+    comment: str | None = Field(default=None, max_length=1000)
+
+
+def _to_delta(value: str | int) -> timedelta:
+    if isinstance(value, int):
+        return timedelta(seconds=value)
+    return parse_duration(value)
+
+
+def _body(model: type[_Body]) -> Any:
+    data = request.get_json(silent=True)
+    if data is None:
+        raise BadRequest(
+            "The request body must be a JSON object.",
+            hint="Send Content-Type: application/json with a JSON body.",
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadRequest(f"Invalid request: {problems}.") from exc
+
+
+def _service_and_caller() -> tuple[GrantService, Caller]:
+    service = grant_service()
+    return service, authenticate(service)
+
+
+def decision_view(decision: Decision) -> dict[str, Any]:
+    """JSON view of a policy decision."""
+    entitlement = decision.entitlement
+    return {
+        "id": decision.entitlement_id,
+        "description": entitlement.description if entitlement else None,
+        "role_arn": entitlement.role_arn if entitlement else None,
+        "verdict": decision.verdict.value,
+        "allowed": decision.allowed,
+        "reasons": list(decision.reasons),
+        "require_reason": decision.require_reason,
+        "max_duration": format_duration(decision.max_duration),
+        "max_grant": format_duration(decision.max_grant),
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI document of this API."""
+    return jsonify(OPENAPI)
+
+
+@bp.get("/me")
+def me() -> Response:
+    """Who the broker thinks the caller is."""
+    service, caller = _service_and_caller()
+    person = caller.person
+    return jsonify(
+        email=person.identity.email,
+        subject=person.identity.subject,
+        issuer=person.identity.issuer,
+        groups=sorted(person.identity.groups),
+        kind=person.kind,
+        valid_until=person.valid_until.isoformat() if person.valid_until else None,
+        sponsor=person.sponsor,
+        source_identity=person.stable_id,
+        admin=service.policy.evaluator.is_admin(person),
+        auditor=service.policy.evaluator.is_auditor(person),
+        summary=describe_person(service.policy.evaluator, person, service.clock()),
+    )
+
+
+@bp.get("/entitlements")
+def entitlements() -> Response:
+    """Every entitlement: what the caller may use, and for the rest why not."""
+    service, caller = _service_and_caller()
+    decisions = service.entitlements(caller, request_meta())
+    return jsonify(entitlements=[decision_view(d) for d in decisions])
+
+
+@bp.get("/grants")
+def list_grants() -> Response:
+    """The caller's grants (`?all=1` includes ended ones)."""
+    service, caller = _service_and_caller()
+    include = request.args.get("all") in ("1", "true")
+    return jsonify(grants=grant_summary(service.list_grants(caller, include_ended=include)))
+
+
+@bp.post("/grants")
+def create_grant() -> tuple[Response, int]:
+    """Request a grant: active at once, or pending approval."""
+    service, caller = _service_and_caller()
+    body: GrantBody = _body(GrantBody)
+    grant = service.request_grant(
+        caller,
+        body.entitlement,
+        reason=body.reason,
+        duration=_to_delta(body.duration) if body.duration is not None else None,
+        meta=request_meta(),
+    )
+    return jsonify(grant=grant_summary([grant])[0]), 201 if grant.status == "active" else 202
+
+
+@bp.get("/approvals")
+def approvals() -> Response:
+    """Pending requests the caller may decide."""
+    service, caller = _service_and_caller()
+    return jsonify(grants=grant_summary(service.pending_for_approver(caller)))
+
+
+@bp.post("/grants/<grant_id>/approve")
+def approve(grant_id: str) -> Response:
+    """Approve a pending request."""
+    service, caller = _service_and_caller()
+    body: DecisionBody = _body(DecisionBody)
+    grant = service.approve(caller, grant_id, comment=body.comment, meta=request_meta())
+    return jsonify(grant=grant_summary([grant])[0])
+
+
+@bp.post("/grants/<grant_id>/deny")
+def deny(grant_id: str) -> Response:
+    """Deny a pending request."""
+    service, caller = _service_and_caller()
+    body: DecisionBody = _body(DecisionBody)
+    grant = service.deny(caller, grant_id, comment=body.comment, meta=request_meta())
+    return jsonify(grant=grant_summary([grant])[0])
+
+
+@bp.post("/grants/<grant_id>/revoke")
+def revoke(grant_id: str) -> Response:
+    """End a grant early (its owner or an admin)."""
+    service, caller = _service_and_caller()
+    body: DecisionBody = _body(DecisionBody)
+    grant = service.revoke(caller, grant_id, reason=body.comment, meta=request_meta())
+    return jsonify(grant=grant_summary([grant])[0])
+
+
+@bp.post("/credentials")
+def credentials() -> tuple[Response, int]:
+    """Issue credentials for an entitlement; shown once, never stored."""
+    service, caller = _service_and_caller()
+    body: CredentialsBody = _body(CredentialsBody)
+    issued = service.issue(
+        caller,
+        body.entitlement,
+        duration=_to_delta(body.duration) if body.duration is not None else None,
+        reason=body.reason,
+        meta=request_meta(),
+    )
+    creds = issued.credentials
+    response = jsonify(
+        entitlement=issued.entitlement_id,
+        grant_id=issued.grant_id,
+        session_id=issued.session_id,
+        role_arn=creds.assumed_role_arn,
+        role_session_name=creds.role_session_name,
+        source_identity=creds.source_identity,
+        duration_seconds=creds.duration_seconds,
+        credentials={
+            "AccessKeyId": creds.access_key_id,
+            "SecretAccessKey": creds.secret_access_key,
+            "SessionToken": creds.session_token,
+            "Expiration": creds.expiration.isoformat().replace("+00:00", "Z"),
+        },
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response, 201

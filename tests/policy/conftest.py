@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+EXAMPLE_POLICIES = Path(__file__).resolve().parents[2] / "policies"
+
+WritePolicy = Callable[..., Path]
+
+
+@pytest.fixture
+def write_policy(tmp_path: Path) -> WritePolicy:
+    """Write dedented YAML files into a fresh policy directory and return the directory."""
+    directory = tmp_path / "policies"
+    directory.mkdir()
+
+    def write(**files: str) -> Path:
+        for name, text in files.items():
+            (directory / name.replace("__", "/")).parent.mkdir(parents=True, exist_ok=True)
+            (directory / name.replace("__", "/")).write_text(textwrap.dedent(text).lstrip())
+        return directory
+
+    return write
