@@ -211,10 +211,8 @@ class Evaluator:
         for number, rule in enumerate(policy.deny):
             pattern = re.compile("|".join(fnmatch.translate(g) for g in rule.entitlements))
             covers = frozenset(e.index for e in self._ents if pattern.match(e.entitlement.id))
-            where = origins.get(f"deny:{number}") or f"deny rule #{number + 1}"
-            self._deny.append(
-                _Deny(CompiledMatch(rule.match), covers, rule.reason or "", _at(where))
-            )
+            where = _at(origins.get(f"deny:{number}")) or f" #{number + 1}"
+            self._deny.append(_Deny(CompiledMatch(rule.match), covers, rule.reason or "", where))
         self._people = [(CompiledMatch(rule.match), rule) for rule in policy.people]
         self._auditors = [CompiledMatch(m) for m in policy.auditors]
         self._admins = [CompiledMatch(m) for m in policy.admins]

@@ -24,7 +24,9 @@ def test_single_statement_mapping_is_accepted() -> None:
 
 def test_wrong_version_is_an_error() -> None:
     errors, _ = check_session_policy({"Version": "2020-01-01", "Statement": [READ]})
-    assert errors == ["Version: must be '2012-10-17' (or the legacy '2008-10-17'), not '2020-01-01'"]
+    assert errors == [
+        "Version: must be '2012-10-17' (or the legacy '2008-10-17'), not '2020-01-01'"
+    ]
 
 
 def test_empty_statement_list_is_an_error() -> None:
@@ -58,16 +60,18 @@ def test_bad_effect_action_resource_and_principal_are_each_reported() -> None:
         )
     )
     assert "Statement[0].Effect: must be Allow or Deny, not 'Permit'" in errors
-    assert any(e.startswith("Statement[0].Action[0]: 's3GetObject' is not an action") for e in errors)
+    assert any(
+        e.startswith("Statement[0].Action[0]: 's3GetObject' is not an action") for e in errors
+    )
     assert any(e.startswith("Statement[0].Resource: 'bucket' is not a resource") for e in errors)
     assert "Statement[0].Principal: session policies cannot name a Principal" in errors
 
 
 def test_malformed_condition_is_an_error() -> None:
-    errors, _ = check_session_policy(
-        doc({**READ, "Condition": {"StringEquals": ["aws:SourceIp"]}})
-    )
-    assert errors == ["Statement[0].Condition.StringEquals: StringEquals must map condition keys to values"]
+    errors, _ = check_session_policy(doc({**READ, "Condition": {"StringEquals": ["aws:SourceIp"]}}))
+    assert errors == [
+        "Statement[0].Condition.StringEquals: StringEquals must map condition keys to values"
+    ]
 
 
 def test_policy_over_2048_characters_is_refused_with_its_size() -> None:
@@ -112,5 +116,7 @@ def test_write_actions_on_every_resource_warn_but_reads_do_not() -> None:
 
 
 def test_deny_statements_never_warn() -> None:
-    errors, warnings = check_session_policy(doc(READ, {"Effect": "Deny", "Action": "*", "Resource": "*"}))
+    errors, warnings = check_session_policy(
+        doc(READ, {"Effect": "Deny", "Action": "*", "Resource": "*"})
+    )
     assert (errors, warnings) == ([], [])

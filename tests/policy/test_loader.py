@@ -97,7 +97,9 @@ def test_unknown_field_is_reported_at_its_line(write_policy: WritePolicy) -> Non
 
 
 def test_duplicate_entitlement_id_names_both_places(write_policy: WritePolicy) -> None:
-    directory = write_policy(**{"a.yaml": GOOD_ENTITLEMENT, "b.yaml": "# a copy\n" + GOOD_ENTITLEMENT})
+    directory = write_policy(
+        **{"a.yaml": GOOD_ENTITLEMENT, "b.yaml": "# a copy\n" + GOOD_ENTITLEMENT}
+    )
     errors = load_errors(directory)
     assert errors == [
         f"{directory / 'b.yaml'}:4: duplicate entitlement id 'dev-readonly': also defined at "
@@ -115,7 +117,9 @@ def test_out_of_range_durations_are_refused(
     directory = write_policy(**{"d.yaml": GOOD_ENTITLEMENT + f"    max_duration: {duration}\n"})
     errors = load_errors(directory)
     assert len(errors) == 1
-    assert errors[0].startswith(f"{directory / 'd.yaml'}:6: entitlements[0].max_duration: {expected}")
+    assert errors[0].startswith(
+        f"{directory / 'd.yaml'}:6: entitlements[0].max_duration: {expected}"
+    )
 
 
 def test_unparseable_duration_says_how_to_write_one(write_policy: WritePolicy) -> None:
@@ -196,9 +200,7 @@ def test_empty_allow_match_fails_closed(write_policy: WritePolicy) -> None:
 
 
 def test_duplicate_yaml_key_is_an_error(write_policy: WritePolicy) -> None:
-    directory = write_policy(
-        **{"a.yaml": GOOD_ENTITLEMENT + "    allow: {everyone: true}\n"}
-    )
+    directory = write_policy(**{"a.yaml": GOOD_ENTITLEMENT + "    allow: {everyone: true}\n"})
     (error,) = load_errors(directory)
     assert error.startswith(f"{directory / 'a.yaml'}:6: duplicate key 'allow' (first at line 5)")
 
