@@ -302,8 +302,8 @@ def _role_cutoff_of(document: Mapping[str, Any]) -> datetime | None:
 def _merge_note(people: int, buckets: int, width: timedelta | None) -> str:
     span = "(all in one)" if width is None else f"at most {_span(width)} wide"
     return (
-        f"merged {people} people into {buckets} cutoff bucket(s) {span}; each bucket denies until its "
-        "latest cutoff"
+        f"merged {people} people into {buckets} cutoff bucket(s) {span}; "
+        "each bucket denies until its latest cutoff"
     )
 
 

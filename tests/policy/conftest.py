@@ -12,6 +12,12 @@ WritePolicy = Callable[..., Path]
 
 
 @pytest.fixture
+def example_policies() -> Path:
+    """The example policy set shipped in the repository's policies/ directory."""
+    return EXAMPLE_POLICIES
+
+
+@pytest.fixture
 def write_policy(tmp_path: Path) -> WritePolicy:
     """Write dedented YAML files into a fresh policy directory and return the directory."""
     directory = tmp_path / "policies"

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import EXAMPLE_POLICIES
 
 from broker.cli.policy import policy
+
+EXAMPLE_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -120,7 +121,8 @@ def test_test_command_fails_and_says_why_when_a_case_is_wrong(tmp_path: Path) ->
     code, out, _ = run("test", str(directory))
     assert code == 1
     assert (
-        f"FAIL  {directory / 'tests' / 'wrong.yaml'}:1  contractors reach production (they must not)\n"
+        f"FAIL  {directory / 'tests' / 'wrong.yaml'}:1  "
+        "contractors reach production (they must not)\n"
         "      expected allow, got deny: denied by deny rule (deny.yaml:4): Contractors never get "
         "production access"
     ) in out

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_POLICIES, WritePolicy
 
 from broker.policy import PolicyLoadError, load_policy_dir
+
+WritePolicy = Callable[..., Path]
 
 GOOD_ENTITLEMENT = """\
 version: 1
@@ -24,8 +26,8 @@ def load_errors(directory: Path) -> list[str]:
     return [str(issue) for issue in caught.value.errors]
 
 
-def test_example_policies_load_cleanly() -> None:
-    loaded = load_policy_dir(EXAMPLE_POLICIES)
+def test_example_policies_load_cleanly(example_policies: Path) -> None:
+    loaded = load_policy_dir(example_policies)
     ids = {e.id for e in loaded.policy.entitlements}
     assert {"dev-readonly", "prod-readonly", "prod-admin", "contractor-sandbox"} <= ids
     assert loaded.warnings == []

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 from botocore.stub import Stubber
-from moto.core import DEFAULT_ACCOUNT_ID
 from moto.iam.models import iam_backends
 
 from broker.errors import ServiceUnavailable
@@ -25,13 +24,14 @@ from broker.revocation import (
 if TYPE_CHECKING:  # fixtures' types only; conftest is not imported at run time
     from conftest import Clock, Role
 
+MOTO_ACCOUNT = "123456789012"  # moto's default account
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
 def stored_text(role_name: str, policy_name: str) -> str:
     """The policy text exactly as moto stores it (boto3 would hand it back decoded)."""
-    _, text = iam_backends[DEFAULT_ACCOUNT_ID]["global"].get_role_policy(role_name, policy_name)
+    _, text = iam_backends[MOTO_ACCOUNT]["global"].get_role_policy(role_name, policy_name)
     return str(text)
 
 
