@@ -46,6 +46,10 @@ class Settings(BaseModel):
     FEDERATION_ENDPOINT: str = "https://signin.aws.amazon.com/federation"
     CONSOLE_URL: str = "https://console.aws.amazon.com/"
     LOG_JSON: bool = True
+    SESSION_IDLE_SECONDS: int = Field(default=30 * 60, ge=60, le=24 * 3600)
+    SESSION_ABSOLUTE_SECONDS: int = Field(default=12 * 3600, ge=300, le=7 * 24 * 3600)
+    RATE_LIMIT_SIGNIN_PER_MINUTE: int = Field(default=30, ge=1)
+    RATE_LIMIT_ISSUE_PER_MINUTE: int = Field(default=20, ge=1)
 
     @field_validator("DATABASE_URL")
     @classmethod

@@ -41,7 +41,7 @@ class PolicyStore:
         loaded = load_policy_dir(self.directory)
         for warning in loaded.warnings:
             log.warning("policy warning: %s", warning)
-        return PolicySnapshot(loaded, Evaluator(loaded.policy))
+        return PolicySnapshot(loaded, loaded.evaluator)
 
     @property
     def current(self) -> PolicySnapshot:

@@ -23,6 +23,7 @@ def build() -> click.Group:
     from broker.audit.cli import audit_cli
     from broker.auth.cli import token_cli
     from broker.cli.policy import policy
+    from broker.devstack import dev_command
     from broker.migrate import db_cli
 
     group = FlaskGroup(
@@ -33,7 +34,7 @@ def build() -> click.Group:
         set_debug_flag=False,
         help="Zero-trust temporary credentials for AWS.",
     )
-    for command in (policy, db_cli, audit_cli, token_cli):
+    for command in (policy, db_cli, audit_cli, token_cli, dev_command):
         group.add_command(command)
     return group
 
