@@ -43,6 +43,13 @@ class Settings(BaseModel):
     MAX_CONTENT_LENGTH: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
     PENDING_REQUEST_TTL_SECONDS: int = Field(default=24 * 3600, ge=300)
     AUDIT_SIGNING_KEY_FILE: str | None = None
+    SCHEDULER_SWEEP_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    SCHEDULER_WINDOW_SECONDS: int = Field(default=300, ge=10, le=24 * 3600)
+    SCHEDULER_BATCH_SIZE: int = Field(default=200, ge=1, le=5000)
+    SCHEDULER_LEASE_STALE_SECONDS: int = Field(default=30, ge=2, le=3600)
+    SCHEDULER_METRICS_PORT: int | None = Field(default=None, ge=1, le=65535)
+    REVOCATION_RETRY_MAX_SECONDS: int = Field(default=300, ge=1, le=3600)
+    CHECKPOINT_SECONDS: int = Field(default=300, ge=5, le=24 * 3600)
     FEDERATION_ENDPOINT: str = "https://signin.aws.amazon.com/federation"
     CONSOLE_URL: str = "https://console.aws.amazon.com/"
     LOG_JSON: bool = True
@@ -83,13 +90,15 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> Settings:
     if test_config:
         app.config.from_mapping(test_config)
     settings = validate(app.config)
-    if not app.config.get("DATABASE_URL"):
+    if not settings.DATABASE_URL:
         app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'broker.db'}"
-    app.config["MAX_CONTENT_LENGTH"] = settings.MAX_CONTENT_LENGTH
     if settings.SECRET_KEY is None:
         # Dev and test only (validate() refuses this in production): a per-process key.
         app.config["SECRET_KEY"] = os.urandom(32).hex()
-    return validate(app.config)
+    settings = validate(app.config)
+    # Every consumer reads the validated, typed values (defaults included) from app.config.
+    app.config.update(settings.model_dump())
+    return settings
 
 
 def _defaults(app: Flask) -> dict[str, Any]:

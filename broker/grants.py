@@ -32,6 +32,7 @@ from broker.errors import (
     NotFound,
     PolicyDenied,
 )
+from broker.locks import try_xact_lock
 from broker.models import (
     Grant,
     GrantStatus,
@@ -43,8 +44,15 @@ from broker.models import (
 )
 from broker.policy import Decision, Identity, Person, RequestContext, Verdict
 from broker.policy_store import PolicySnapshot
-from broker.sts import AssumeRequest, IssuedCredentials, NetworkBinding, RoleLimits, StsIssuer
-from broker.sts import clamp_duration, role_session_name
+from broker.sts import (
+    AssumeRequest,
+    IssuedCredentials,
+    NetworkBinding,
+    RoleLimits,
+    StsIssuer,
+    clamp_duration,
+    role_session_name,
+)
 
 LIVE = (GrantStatus.PENDING, GrantStatus.ACTIVE)
 log = logging.getLogger(__name__)
@@ -152,15 +160,21 @@ class GrantService:
                     session, principal, caller, decision, reason, duration, meta, now
                 )
 
-    def approve(self, approver: Caller, grant_id: str, *, comment: str | None, meta: RequestMeta) -> Grant:
+    def approve(
+        self, approver: Caller, grant_id: str, *, comment: str | None, meta: RequestMeta
+    ) -> Grant:
         """Approve a pending grant; never one's own, only as a named approver."""
         return self._decide_pending(approver, grant_id, comment, meta, approve=True)
 
-    def deny(self, approver: Caller, grant_id: str, *, comment: str | None, meta: RequestMeta) -> Grant:
+    def deny(
+        self, approver: Caller, grant_id: str, *, comment: str | None, meta: RequestMeta
+    ) -> Grant:
         """Deny a pending grant."""
         return self._decide_pending(approver, grant_id, comment, meta, approve=False)
 
-    def revoke(self, actor: Caller, grant_id: str, *, reason: str | None, meta: RequestMeta) -> Grant:
+    def revoke(
+        self, actor: Caller, grant_id: str, *, reason: str | None, meta: RequestMeta
+    ) -> Grant:
         """End a grant early: its owner or an admin may; live sessions get a deny on AWS."""
         with self._tx() as session:
             grant = self._lock_grant(session, grant_id)
@@ -234,9 +248,7 @@ class GrantService:
         """Pending grants this person may decide (never their own)."""
         with self.db.session() as session:
             rows = session.scalars(
-                select(Grant)
-                .where(Grant.status == GrantStatus.PENDING)
-                .order_by(Grant.created_at)
+                select(Grant).where(Grant.status == GrantStatus.PENDING).order_by(Grant.created_at)
             ).all()
         return [
             g
@@ -257,7 +269,9 @@ class GrantService:
         reason: str | None = None,
     ) -> Issued:
         """Issue credentials under the caller's active grant (creating one if auto-approved)."""
-        request, grant_id, ectx = self._prepare_issue(caller, entitlement_id, duration, reason, meta)
+        request, grant_id, ectx = self._prepare_issue(
+            caller, entitlement_id, duration, reason, meta
+        )
         try:
             credentials = self.issuer.assume(request)
         except BrokerError as exc:
@@ -312,7 +326,8 @@ class GrantService:
                     session, principal, caller, decision, reason, None, meta, now
                 )
             entitlement = decision.entitlement
-            assert entitlement is not None  # an allowed decision always names its entitlement
+            if entitlement is None:  # an allowed decision always names its entitlement
+                raise PolicyDenied(_reason(decision))
             seconds = clamp_duration(
                 requested=int(duration.total_seconds()) if duration else None,
                 entitlement_max=int(decision.max_duration.total_seconds()),
@@ -423,6 +438,88 @@ class GrantService:
                 ended.append(grant.id)
         return ended
 
+    def end_contractors_past_end_date(self, *, limit: int = 500) -> list[str]:
+        """End the live grants of contractors whose `valid_until` has passed; return their ids.
+
+        Active grants expire, pending ones lapse, and every role where the person still holds
+        live sessions gets a person-wide deny (their engagement is over, whatever the grant).
+        """
+        now = self.clock()
+        ended: list[str] = []
+        with self._tx() as session:
+            query = (
+                select(Grant)
+                .join(Principal, Principal.id == Grant.principal_id)
+                .where(
+                    Principal.kind == "contractor",
+                    Principal.valid_until <= now,
+                    Grant.status.in_(LIVE),
+                )
+                .order_by(Grant.expires_at)
+                .limit(limit)
+            )
+            people: dict[str, Principal] = {}
+            for grant in session.scalars(_skip_locked(query, self.db)).unique().all():
+                status = GrantStatus.EXPIRED if grant.status == "active" else GrantStatus.LAPSED
+                reason = "contractor engagement ended (valid_until passed)"
+                self._end(session, grant, status, "scheduler", reason, None)
+                people[grant.principal_id] = grant.principal
+                ended.append(grant.id)
+            for principal in people.values():
+                self._person_revocations(session, principal, cutoff=now)
+        return ended
+
+    def reconcile(self) -> list[str]:
+        """Queue a deny for every live session whose grant is over and that no deny covers.
+
+        Catches sessions recorded after their grant ended (an issue racing a revoke) and
+        anything a crash or a manual database change left behind. Returns the new revocation
+        ids. On PostgreSQL one scheduler reconciles at a time (advisory lock), others skip.
+        """
+        now = self.clock()
+        queued: list[str] = []
+        with self._tx() as session:
+            if not try_xact_lock(session, "broker:reconcile"):
+                return []
+            rows = session.execute(
+                select(IssuedSession, Grant)
+                .join(Grant, Grant.id == IssuedSession.grant_id)
+                .where(IssuedSession.expires_at > now, Grant.status != GrantStatus.ACTIVE)
+            ).all()
+            if not rows:
+                return []
+            roles = {s.role_arn for s, _ in rows}
+            live = session.scalars(
+                select(Revocation).where(
+                    Revocation.role_arn.in_(roles), Revocation.status != RevocationStatus.DROPPED
+                )
+            ).all()
+            uncovered: dict[str, tuple[Grant, int]] = {}
+            for sess, grant in rows:
+                if not any(_covers(r, sess) for r in live):
+                    count = uncovered.get(grant.id, (grant, 0))[1]
+                    uncovered[grant.id] = (grant, count + 1)
+            for grant, sessions in uncovered.values():
+                revocations = self._grant_revocations(session, grant, cutoff=now)
+                queued.extend(r.id for r in revocations)
+                self._record(
+                    session,
+                    self._ectx("scheduler", None),
+                    NewEvent(
+                        "revocation.queued",
+                        target=grant.role_arn,
+                        decision="revoke",
+                        reason=f"reconcile: {sessions} live session(s) of {grant.status} grant "
+                        "had no deny",
+                        details={
+                            "grant_id": grant.id,
+                            "person": grant.principal.email,
+                            "revocations": [r.id for r in revocations],
+                        },
+                    ),
+                )
+        return queued
+
     def lapse_pending(self, max_age: timedelta, *, limit: int = 500) -> list[str]:
         """Pending requests nobody decided within `max_age` lapse."""
         now = self.clock()
@@ -519,9 +616,7 @@ class GrantService:
             )
         if reason is not None and len(reason) > 1000:
             raise BadRequest("The reason is longer than 1,000 characters.")
-        if duration is not None and not (
-            timedelta(minutes=15) <= duration <= decision.max_grant
-        ):
+        if duration is not None and not (timedelta(minutes=15) <= duration <= decision.max_grant):
             raise BadRequest(
                 f"Duration {_fmt(duration)} is out of range for {decision.entitlement_id}: "
                 f"between 15m and {_fmt(decision.max_grant)}."
@@ -539,7 +634,8 @@ class GrantService:
         now: datetime,
     ) -> Grant:
         entitlement = decision.entitlement
-        assert entitlement is not None
+        if entitlement is None:  # an allowed decision always names its entitlement
+            raise PolicyDenied(_reason(decision))
         length = duration or decision.max_grant
         pending = decision.verdict is Verdict.APPROVAL
         grant = Grant(
@@ -692,7 +788,9 @@ class GrantService:
             ),
         )
 
-    def _grant_revocations(self, session: Session, grant: Grant, *, cutoff: datetime) -> list[Revocation]:
+    def _grant_revocations(
+        self, session: Session, grant: Grant, *, cutoff: datetime
+    ) -> list[Revocation]:
         """Queue a deny for the ended grant's sessions that may still be live."""
         last_expiry = session.scalar(
             select(func.max(IssuedSession.expires_at)).where(
@@ -727,7 +825,9 @@ class GrantService:
         session.flush()
         return [revocation]
 
-    def _person_revocations(self, session: Session, principal: Principal, *, cutoff: datetime) -> None:
+    def _person_revocations(
+        self, session: Session, principal: Principal, *, cutoff: datetime
+    ) -> None:
         """Queue a person-wide deny on every role where they still hold live sessions."""
         rows = session.execute(
             select(IssuedSession.role_arn, func.max(IssuedSession.expires_at))
@@ -753,8 +853,20 @@ class GrantService:
 
 def _skip_locked(query: Any, database: Database) -> Any:
     if database.dialect == "postgresql":
-        return query.with_for_update(skip_locked=True)
+        # Lock only the grant rows: a principal's other grants stay claimable by other nodes.
+        return query.with_for_update(skip_locked=True, of=Grant)
     return query  # SQLite: BEGIN IMMEDIATE already makes this transaction the only writer
+
+
+def _covers(revocation: Revocation, session: IssuedSession) -> bool:
+    """Whether a live revocation row denies this session until it expires."""
+    if revocation.drop_after < session.expires_at:
+        return False
+    if revocation.scope == "grant":
+        return revocation.grant_id == session.grant_id
+    if revocation.scope == "person" and revocation.source_identity != session.source_identity:
+        return False
+    return revocation.cutoff >= session.issued_at
 
 
 def _role_arn(assumed_role_arn: str, session: Session, grant_id: str) -> str:

@@ -33,8 +33,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_SECRET_XML = re.compile(r"<(SecretAccessKey|SessionToken)>[^<]*</\1>")
+_SECRET_JSON = re.compile(r'"(SecretAccessKey|SessionToken)"\s*:\s*"[^"]*"')
+# botocore logs whole wire bodies (STS responses carry the issued secret) at DEBUG level.
+AWS_WIRE_LOGGERS = ("botocore.parsers", "botocore.endpoint", "botocore.hooks", "urllib3")
+
+
+class RedactSecrets(logging.Filter):
+    """Blank out issued secret keys and session tokens in any record that carries them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_JSON.sub(
+            r'"\1": "<redacted>"', _SECRET_XML.sub(r"<\1>redacted</\1>", message)
+        )
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def quiet_aws_wire_logs() -> None:
+    """Never let AWS wire logging carry issued secrets, whatever the root log level."""
+    for name in ("botocore", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in AWS_WIRE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
+
+
 def init_app(app: Flask) -> None:
     """Install the JSON formatter and the request id hooks."""
+    quiet_aws_wire_logs()
     if app.config.get("LOG_JSON", True):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())

@@ -7,8 +7,13 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register every blueprint and the error handlers."""
-    from broker.web import api, errors, health
+    from broker.auth import oidc
+    from broker.web import api, errors, health, security, ui, ui_admin
 
     errors.init_app(app)
+    security.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(oidc.bp)
+    app.register_blueprint(ui.bp)
+    app.register_blueprint(ui_admin.bp)

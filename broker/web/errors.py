@@ -1,15 +1,28 @@
-"""Errors as JSON `{code, message}` for the API (and plain pages elsewhere)."""
+"""Errors as JSON `{code, message}` for the API, and as a clear HTML page everywhere else."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from broker.errors import BrokerError
 
 log = logging.getLogger(__name__)
+
+_TITLES = {
+    400: "The request was refused",
+    401: "Sign-in failed",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not allowed this way",
+    409: "Already changed",
+    413: "Too large",
+    429: "Slow down",
+    502: "AWS did not answer as expected",
+    503: "Temporarily unavailable",
+}
 
 
 def wants_json() -> bool:
@@ -19,19 +32,40 @@ def wants_json() -> bool:
     )
 
 
+def error_page(status: int, message: str, hint: str | None = None, code: str = "") -> Response:
+    """Render the HTML error page."""
+    body = render_template(
+        "error.html",
+        status=status,
+        title=_TITLES.get(status, "Something went wrong"),
+        message=message,
+        hint=hint,
+        code=code,
+    )
+    response = Response(body, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def init_app(app: Flask) -> None:
     """Register the error handlers."""
 
     @app.errorhandler(BrokerError)
-    def _broker_error(exc: BrokerError) -> tuple[Response, int]:
+    def _broker_error(exc: BrokerError) -> Response:
         if exc.status >= 500:
             log.warning("request failed: %s (%s)", exc.message, exc.code)
-        return jsonify(exc.to_dict()), exc.status
+        if wants_json():
+            response = jsonify(exc.to_dict())
+            response.status_code = exc.status
+        else:
+            response = error_page(exc.status, exc.message, exc.hint, exc.code)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response | HTTPException:
-        if not wants_json():
-            return exc
         code = {
             413: "request_too_large",
             404: "not_found",
@@ -41,14 +75,27 @@ def init_app(app: Flask) -> None:
         message = exc.description or exc.name
         if exc.code == 413:
             message = "The request body is larger than the broker accepts."
+        if not wants_json():
+            if exc.code == 405:
+                message = (
+                    "This address does not accept that kind of request. Changes are made only "
+                    "with the buttons on the broker's pages (never by following a link)."
+                )
+            response = error_page(exc.code or 500, message, code=code)
+            if exc.code == 405 and exc.response is None:
+                allowed = exc.get_headers()
+                for name, value in allowed:
+                    if name.lower() == "allow":
+                        response.headers["Allow"] = value
+            return response
         response = jsonify(code=code, message=message)
         response.status_code = exc.code or 500
         return response
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> tuple[Response, int]:
+    def _unexpected(exc: Exception) -> Response | tuple[Response, int]:
         log.exception("unexpected error")
-        return jsonify(
-            code="internal_error",
-            message="Something went wrong inside the broker; nothing was issued.",
-        ), 500
+        message = "Something went wrong inside the broker; nothing was issued."
+        if not wants_json():
+            return error_page(500, message, code="internal_error")
+        return jsonify(code="internal_error", message=message), 500

@@ -117,6 +117,17 @@ def write_policy(directory: Path, roles: dict[str, str], contractor_end: datetim
                 max_duration: 1h
                 require_reason: true
                 approval: {{approvers: {{groups: [security]}}}}
+              - id: net-read
+                role_arn: {roles['read']}
+                allow: {{groups: [developers]}}
+                max_duration: 1h
+                network: {{source_ip: [203.0.113.0/24]}}
+                session_policy:
+                  Version: "2012-10-17"
+                  Statement:
+                    - Effect: Allow
+                      Action: ["s3:GetObject"]
+                      Resource: "arn:aws:s3:::app-bucket/*"
               - id: prod-read
                 role_arn: {roles["read"]}
                 allow: {{groups: [developers]}}
