@@ -61,7 +61,7 @@ class Base(DeclarativeBase):
 
 
 class GrantStatus(StrEnum):
-    """Where a grant is in its life: pending → active → expired | revoked; pending → denied | lapsed."""
+    """Grant life: pending → active → expired | revoked; pending → denied | lapsed."""
 
     PENDING = "pending"
     ACTIVE = "active"

@@ -75,6 +75,4 @@ def grant_service(app: Flask | None = None) -> GrantService:
     """A GrantService over the policy in force right now."""
     app = app or current_app
     shared = services(app)
-    return GrantService(
-        get_database(app), get_policy(app), shared.issuer, shared.role_limits
-    )
+    return GrantService(get_database(app), get_policy(app), shared.issuer, shared.role_limits)

@@ -199,7 +199,9 @@ def verify_events(events: Iterator[AuditEvent] | list[AuditEvent]) -> VerifyResu
 
 def verify_database(session: Session) -> VerifyResult:
     """Verify the whole chain in the database, streaming, and compare with the head."""
-    rows = session.execute(select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000))
+    rows = session.execute(
+        select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000)
+    )
     result = verify_events(row for (row,) in rows)
     if result.ok:
         head = session.get(AuditHead, HEAD_ID)

@@ -50,9 +50,14 @@ def mint_command(email: str, groups: str, amr: str, ttl: str, name: str) -> None
             principal,
             name=name,
             kind="admin",
-            ttl=parse_duration(ttl) if ttl[-1:] != "d" else parse_duration(f"{int(ttl[:-1]) * 24}h"),
+            ttl=parse_duration(ttl),
             now=now,
-            claims={"groups": group_list, "amr": amr_list, "sub": identity.subject, "email": email.lower()},
+            claims={
+                "groups": group_list,
+                "amr": amr_list,
+                "sub": identity.subject,
+                "email": email.lower(),
+            },
         )
         AuditLog().append(
             session,

@@ -328,7 +328,7 @@ class DeviceFlow:
         return DeviceToken(plaintext, int(self.settings.token_ttl.total_seconds()))
 
     def revoke(self, client_id: str, plaintext: str, meta: RequestMeta) -> None:
-        """RFC 7009: revoke a device token its holder presents (`broker logout`); silent if unknown."""
+        """RFC 7009: revoke a device token its holder presents; silent when unknown."""
         if client_id not in CLIENTS:
             raise DeviceError("invalid_client", f"Unknown client {client_id!r}.", status=401)
         now = self.clock()

@@ -208,7 +208,8 @@ class RevocationApplier:
             )
 
     def _backoff(self, attempts: int) -> timedelta:
-        return min(self.retry_base * 2 ** max(attempts - 1, 0), self.retry_max)
+        delay: timedelta = self.retry_base * 2 ** max(attempts - 1, 0)
+        return min(delay, self.retry_max)
 
     def _ctx(self) -> EventContext:
         return EventContext(

@@ -8,7 +8,7 @@ from flask import Flask
 def init_app(app: Flask) -> None:
     """Register every blueprint and the error handlers."""
     from broker.auth import oidc
-    from broker.web import api, errors, health, security, ui, ui_admin
+    from broker.web import api, errors, health, oauth, security, ui, ui_admin
 
     errors.init_app(app)
     security.init_app(app)
@@ -17,3 +17,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(oidc.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(ui_admin.bp)
+    oauth.init_app(app)

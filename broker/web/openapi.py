@@ -22,9 +22,14 @@ _ERRORS = {
 }
 
 _DECIDE = {
-    "parameters": [{"name": "grant_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+    "parameters": [
+        {"name": "grant_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ],
     "requestBody": {"content": {"application/json": {"schema": _ref("DecisionBody")}}},
-    "responses": {"200": _json({"type": "object", "properties": {"grant": _ref("Grant")}}, "Updated grant"), **_ERRORS},
+    "responses": {
+        "200": _json({"type": "object", "properties": {"grant": _ref("Grant")}}, "Updated grant"),
+        **_ERRORS,
+    },
 }
 
 OPENAPI: dict[str, Any] = {
@@ -33,25 +38,64 @@ OPENAPI: dict[str, Any] = {
     "servers": [{"url": "/api/v1"}],
     "security": [{"bearer": []}],
     "paths": {
-        "/me": {"get": {"summary": "The caller", "responses": {"200": _json(_ref("Me"), "The caller"), **_ERRORS}}},
+        "/me": {
+            "get": {
+                "summary": "The caller",
+                "responses": {"200": _json(_ref("Me"), "The caller"), **_ERRORS},
+            }
+        },
         "/entitlements": {
             "get": {
                 "summary": "Every entitlement and the decision for the caller",
-                "responses": {"200": _json({"type": "object", "properties": {"entitlements": {"type": "array", "items": _ref("Entitlement")}}}, "Decisions"), **_ERRORS},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "entitlements": {"type": "array", "items": _ref("Entitlement")}
+                            },
+                        },
+                        "Decisions",
+                    ),
+                    **_ERRORS,
+                },
             }
         },
         "/grants": {
             "get": {
                 "summary": "The caller's grants",
-                "parameters": [{"name": "all", "in": "query", "schema": {"type": "string", "enum": ["1", "true"]}}],
-                "responses": {"200": _json({"type": "object", "properties": {"grants": {"type": "array", "items": _ref("Grant")}}}, "Grants"), **_ERRORS},
+                "parameters": [
+                    {
+                        "name": "all",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["1", "true"]},
+                    }
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"grants": {"type": "array", "items": _ref("Grant")}},
+                        },
+                        "Grants",
+                    ),
+                    **_ERRORS,
+                },
             },
             "post": {
                 "summary": "Request a grant",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("GrantBody")}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("GrantBody")}},
+                },
                 "responses": {
-                    "201": _json({"type": "object", "properties": {"grant": _ref("Grant")}}, "Active grant"),
-                    "202": _json({"type": "object", "properties": {"grant": _ref("Grant")}}, "Pending approval"),
+                    "201": _json(
+                        {"type": "object", "properties": {"grant": _ref("Grant")}}, "Active grant"
+                    ),
+                    "202": _json(
+                        {"type": "object", "properties": {"grant": _ref("Grant")}},
+                        "Pending approval",
+                    ),
                     **_ERRORS,
                 },
             },
@@ -59,7 +103,16 @@ OPENAPI: dict[str, Any] = {
         "/approvals": {
             "get": {
                 "summary": "Requests the caller may decide",
-                "responses": {"200": _json({"type": "object", "properties": {"grants": {"type": "array", "items": _ref("Grant")}}}, "Pending grants"), **_ERRORS},
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {"grants": {"type": "array", "items": _ref("Grant")}},
+                        },
+                        "Pending grants",
+                    ),
+                    **_ERRORS,
+                },
             }
         },
         "/grants/{grant_id}/approve": {"post": {"summary": "Approve a pending request", **_DECIDE}},
@@ -68,21 +121,112 @@ OPENAPI: dict[str, Any] = {
         "/credentials": {
             "post": {
                 "summary": "Issue credentials (shown once)",
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("GrantBody")}}},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("GrantBody")}},
+                },
                 "responses": {"201": _json(_ref("Issued"), "Credentials"), **_ERRORS},
             }
         },
     },
     "components": {
-        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A broker token (brk_...) or an ID token from the configured issuer"}},
+        "securitySchemes": {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A broker token (brk_...) or an ID token from the configured issuer",
+            }
+        },
         "schemas": {
-            "Error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "hint": {"type": "string"}}},
-            "Me": {"type": "object", "properties": {"email": {"type": "string"}, "groups": {"type": "array", "items": {"type": "string"}}, "kind": {"type": "string"}, "valid_until": {"type": ["string", "null"]}, "source_identity": {"type": "string"}, "admin": {"type": "boolean"}, "auditor": {"type": "boolean"}}},
-            "Entitlement": {"type": "object", "properties": {"id": {"type": "string"}, "role_arn": {"type": ["string", "null"]}, "verdict": {"type": "string", "enum": ["allow", "approval", "deny"]}, "allowed": {"type": "boolean"}, "reasons": {"type": "array", "items": {"type": "string"}}, "require_reason": {"type": "boolean"}, "max_duration": {"type": "string"}, "max_grant": {"type": "string"}}},
-            "Grant": {"type": "object", "properties": {"id": {"type": "string"}, "entitlement": {"type": "string"}, "role_arn": {"type": "string"}, "status": {"type": "string", "enum": ["pending", "active", "expired", "revoked", "denied", "lapsed"]}, "reason": {"type": ["string", "null"]}, "created_at": {"type": "string", "format": "date-time"}, "expires_at": {"type": ["string", "null"], "format": "date-time"}}},
-            "GrantBody": {"type": "object", "required": ["entitlement"], "additionalProperties": False, "properties": {"entitlement": {"type": "string"}, "reason": {"type": "string", "maxLength": 1000}, "duration": {"oneOf": [{"type": "string", "examples": ["1h", "90m"]}, {"type": "integer", "minimum": 900, "maximum": 43200}]}}},
-            "DecisionBody": {"type": "object", "additionalProperties": False, "properties": {"comment": {"type": "string", "maxLength": 1000}}},
-            "Issued": {"type": "object", "properties": {"entitlement": {"type": "string"}, "grant_id": {"type": "string"}, "role_arn": {"type": "string"}, "role_session_name": {"type": "string"}, "source_identity": {"type": "string"}, "duration_seconds": {"type": "integer"}, "credentials": {"type": "object", "properties": {"AccessKeyId": {"type": "string"}, "SecretAccessKey": {"type": "string"}, "SessionToken": {"type": "string"}, "Expiration": {"type": "string", "format": "date-time"}}}}},
+            "Error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "hint": {"type": "string"},
+                },
+            },
+            "Me": {
+                "type": "object",
+                "properties": {
+                    "email": {"type": "string"},
+                    "groups": {"type": "array", "items": {"type": "string"}},
+                    "kind": {"type": "string"},
+                    "valid_until": {"type": ["string", "null"]},
+                    "source_identity": {"type": "string"},
+                    "admin": {"type": "boolean"},
+                    "auditor": {"type": "boolean"},
+                },
+            },
+            "Entitlement": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "role_arn": {"type": ["string", "null"]},
+                    "verdict": {"type": "string", "enum": ["allow", "approval", "deny"]},
+                    "allowed": {"type": "boolean"},
+                    "reasons": {"type": "array", "items": {"type": "string"}},
+                    "require_reason": {"type": "boolean"},
+                    "max_duration": {"type": "string"},
+                    "max_grant": {"type": "string"},
+                },
+            },
+            "Grant": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "entitlement": {"type": "string"},
+                    "role_arn": {"type": "string"},
+                    "status": {
+                        "type": "string",
+                        "enum": ["pending", "active", "expired", "revoked", "denied", "lapsed"],
+                    },
+                    "reason": {"type": ["string", "null"]},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "expires_at": {"type": ["string", "null"], "format": "date-time"},
+                },
+            },
+            "GrantBody": {
+                "type": "object",
+                "required": ["entitlement"],
+                "additionalProperties": False,
+                "properties": {
+                    "entitlement": {"type": "string"},
+                    "reason": {"type": "string", "maxLength": 1000},
+                    "duration": {
+                        "oneOf": [
+                            {"type": "string", "examples": ["1h", "90m"]},
+                            {"type": "integer", "minimum": 900, "maximum": 43200},
+                        ]
+                    },
+                },
+            },
+            "DecisionBody": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"comment": {"type": "string", "maxLength": 1000}},
+            },
+            "Issued": {
+                "type": "object",
+                "properties": {
+                    "entitlement": {"type": "string"},
+                    "grant_id": {"type": "string"},
+                    "role_arn": {"type": "string"},
+                    "role_session_name": {"type": "string"},
+                    "source_identity": {"type": "string"},
+                    "duration_seconds": {"type": "integer"},
+                    "credentials": {
+                        "type": "object",
+                        "properties": {
+                            "AccessKeyId": {"type": "string"},
+                            "SecretAccessKey": {"type": "string"},
+                            "SessionToken": {"type": "string"},
+                            "Expiration": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                },
+            },
         },
     },
 }

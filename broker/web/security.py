@@ -109,21 +109,19 @@ def _cross_site() -> bool:
 def rate_limit(key: str, *, limit: int, window_seconds: int = 60) -> None:
     """Count one hit for `key` in the current fixed window; TooManyRequests past `limit`."""
     now = datetime.now(UTC)
-    start = datetime.fromtimestamp(
-        int(now.timestamp()) // window_seconds * window_seconds, tz=UTC
-    )
+    start = datetime.fromtimestamp(int(now.timestamp()) // window_seconds * window_seconds, tz=UTC)
     database = get_database()
     insert = postgresql.insert if database.dialect == "postgresql" else sqlite.insert
-    table = RateLimitBucket.__table__
-    stmt = insert(table).values(key=key[:255], window_start=start, count=1)
-    same_window = table.c.window_start == stmt.excluded.window_start
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[table.c.key],
+    table = RateLimitBucket.__table__.c
+    new_row = insert(RateLimitBucket).values(key=key[:255], window_start=start, count=1)
+    same_window = table.window_start == new_row.excluded.window_start
+    stmt = new_row.on_conflict_do_update(
+        index_elements=[table.key],
         set_={
-            "count": case((same_window, table.c.count + 1), else_=1),
-            "window_start": stmt.excluded.window_start,
+            "count": case((same_window, table.count + 1), else_=1),
+            "window_start": new_row.excluded.window_start,
         },
-    ).returning(table.c.count)
+    ).returning(table.count)
     with database.session() as session:
         count = int(session.execute(stmt).scalar_one())
     if count > limit:
@@ -144,9 +142,7 @@ class RateLimited(TooManyRequests):
 
 def limit_sign_in() -> None:
     """Rate-limit sign-in attempts per source address."""
-    rate_limit(
-        f"signin:{request.remote_addr}", limit=int(setting("RATE_LIMIT_SIGNIN_PER_MINUTE"))
-    )
+    rate_limit(f"signin:{request.remote_addr}", limit=int(setting("RATE_LIMIT_SIGNIN_PER_MINUTE")))
 
 
 def limit_issue(principal_id: str) -> None:

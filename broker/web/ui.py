@@ -77,7 +77,9 @@ def snippets(creds: IssuedCredentials, entitlement_id: str, profile: str) -> Sni
 
     bash = "\n".join(f"export {k}={quoted(v)}" for k, v in values.items())
     fish = "\n".join(f"set -gx {k} {quoted(v)}" for k, v in values.items())
-    powershell = "\n".join(f"$Env:{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in values.items())
+    powershell = "\n".join(
+        f"$Env:{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in values.items()
+    )
     credentials_file = (
         f"[{profile}]\n"
         f"aws_access_key_id = {creds.access_key_id}\n"

@@ -123,7 +123,9 @@ def audit() -> str:
         actions = admin_queries.audit_actions(session)
     query = {k: args.get(k, "") for k in ("actor", "action", "target", "since", "until")}
     query = {k: v for k, v in query.items() if v}
-    exports = {fmt: "/audit/export?" + urlencode({"format": fmt, **query}) for fmt in EXPORT_FORMATS}
+    exports = {
+        fmt: "/audit/export?" + urlencode({"format": fmt, **query}) for fmt in EXPORT_FORMATS
+    }
     return render_template(
         "audit.html", events=events, actions=actions, filters=query, exports=exports
     )

@@ -18,7 +18,9 @@ def _append(database: Database, n: int) -> None:
     log = AuditLog()
     for i in range(n):
         with database.session() as session:
-            log.append(session, CTX, NewEvent(action="test.event", target=f"t{i}", details={"i": i}))
+            log.append(
+                session, CTX, NewEvent(action="test.event", target=f"t{i}", details={"i": i})
+            )
 
 
 def _verify(database: Database) -> tuple[bool, int | None, str]:

@@ -118,7 +118,7 @@ def write_policy(directory: Path, roles: dict[str, str], contractor_end: datetim
                 require_reason: true
                 approval: {{approvers: {{groups: [security]}}}}
               - id: net-read
-                role_arn: {roles['read']}
+                role_arn: {roles["read"]}
                 allow: {{groups: [developers]}}
                 max_duration: 1h
                 network: {{source_ip: [203.0.113.0/24]}}

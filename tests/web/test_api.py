@@ -22,9 +22,7 @@ def _count(bed: Bed, model: Any, *where: Any) -> int:
 
 def _events(bed: Bed, action: str) -> list[AuditEvent]:
     with bed.app.app_context(), get_database().session() as session:
-        return list(
-            session.scalars(sa.select(AuditEvent).where(AuditEvent.action == action)).all()
-        )
+        return list(session.scalars(sa.select(AuditEvent).where(AuditEvent.action == action)).all())
 
 
 def _chain_ok(bed: Bed) -> bool:

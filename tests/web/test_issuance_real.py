@@ -1,4 +1,4 @@
-"""Issuance against real parts: what credentials may really do, secrets, failing closed, ID tokens."""
+"""Issuance against real parts: real permissions, secrets nowhere, failing closed, ID tokens."""
 
 from __future__ import annotations
 

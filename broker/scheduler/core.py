@@ -1,0 +1,315 @@
+"""The scheduler: ends grants on time, lapses requests, reconciles, revokes on AWS, signs.
+
+Time-critical work runs on APScheduler 3 timers held in memory (never a shared job store): each
+sweep loads the grants expiring within the next window and sets a ``date`` job at each one's
+exact ``expires_at`` (job id = grant id), so a grant ends at its time, not at the next sweep.
+The database, never the timers, decides what is due: a job only triggers an *expiry pass*
+(every active grant past ``expires_at``, claimed with ``FOR UPDATE SKIP LOCKED``) followed by
+a *revocation pass* (:mod:`broker.scheduler.revocations`). Lost timers (a crash, a restart) cost
+nothing: the first sweep after start handles everything that came due meanwhile.
+
+One process or many: on PostgreSQL rows are claimed with ``SKIP LOCKED`` and per-role work with
+advisory locks, so each grant is expired, revoked and audited once whatever the number of
+schedulers; on SQLite a lease makes a second scheduler refuse to start (:mod:`.lease`).
+
+Process-local counters (job runs and failures) are kept in a registry of this scheduler and
+served on ``SCHEDULER_METRICS_PORT`` when set; the web ``/metrics`` reads the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flask import Flask
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy import select
+
+from broker.audit.checkpoints import load_signing_key, sign_head
+from broker.db import Database, get_database
+from broker.grants import GrantService
+from broker.locks import try_xact_lock
+from broker.models import Grant, GrantStatus, utcnow
+from broker.policy_store import get_policy
+from broker.revocation import RoleRevoker
+from broker.scheduler.lease import Lease
+from broker.scheduler.revocations import PassResult, RevocationApplier
+from broker.services import services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did."""
+
+    expired: list[str] = field(default_factory=list)
+    contractors_ended: list[str] = field(default_factory=list)
+    lapsed: list[str] = field(default_factory=list)
+    reconciled: list[str] = field(default_factory=list)
+    scheduled: int = 0
+    revocations: PassResult = field(default_factory=PassResult)
+
+
+class Scheduler:
+    """The broker's scheduler for one app: ``start()`` in the background, ``stop()``.
+
+    Every pass is also a public method (``expire_due``, ``revoke``, ``sweep``), so tests and
+    benchmarks drive the same code synchronously with an injected clock and IAM client.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        iam_client: Any = None,
+        sweep_seconds: float | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        cfg = app.config
+        self.app = app
+        self.clock = clock
+        self.db: Database = get_database(app)
+        self.sweep_seconds = float(sweep_seconds or cfg.get("SCHEDULER_SWEEP_SECONDS", 5.0))
+        self.window = timedelta(seconds=int(cfg.get("SCHEDULER_WINDOW_SECONDS", 300)))
+        self.batch = int(cfg.get("SCHEDULER_BATCH_SIZE", 200))
+        self.pending_ttl = timedelta(seconds=int(cfg.get("PENDING_REQUEST_TTL_SECONDS", 86400)))
+        self.checkpoint_seconds = int(cfg.get("CHECKPOINT_SECONDS", 300))
+        self.metrics_port: int | None = cfg.get("SCHEDULER_METRICS_PORT")
+        iam = iam_client if iam_client is not None else services(app).iam
+        revoker_args: dict[str, Any] = {"clock": clock, "max_attempts": 3, "base_delay": 0.5}
+        if sleep is not None:
+            revoker_args["sleep"] = sleep
+        self.revoker = RoleRevoker(iam, **revoker_args)
+        self.applier = RevocationApplier(
+            self.db,
+            self.revoker,
+            clock=clock,
+            policy_version=lambda: get_policy(app).version,
+            retry_max=timedelta(seconds=int(cfg.get("REVOCATION_RETRY_MAX_SECONDS", 300))),
+        )
+        self.lease = Lease(
+            self.db,
+            clock=clock,
+            stale_after=timedelta(seconds=int(cfg.get("SCHEDULER_LEASE_STALE_SECONDS", 30))),
+        )
+        key_file = cfg.get("AUDIT_SIGNING_KEY_FILE")
+        self.signing_key: Ed25519PrivateKey | None = (
+            load_signing_key(key_file) if key_file else None
+        )
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.runs = Counter(
+            "broker_scheduler_job_runs", "Scheduler job runs.", ["job"], registry=self.registry
+        )
+        self.failures = Counter(
+            "broker_scheduler_job_failures",
+            "Scheduler job runs that raised.",
+            ["job"],
+            registry=self.registry,
+        )
+        self._expiry_lock = threading.Lock()
+        self._revoke_lock = threading.Lock()
+        self._expired_through = datetime.min.replace(tzinfo=UTC)
+        self._timers: dict[str, datetime] = {}
+        self._timers_lock = threading.Lock()
+        self._aps: BackgroundScheduler | None = None
+        self._metrics_server: Any = None
+        self.stopped = threading.Event()
+
+    # -- passes (synchronous) ---------------------------------------------------------------
+
+    def grants(self) -> GrantService:
+        """A GrantService over the policy in force now (reloads are picked up)."""
+        shared = services(self.app)
+        return GrantService(
+            self.db, get_policy(self.app), shared.issuer, shared.role_limits, clock=self.clock
+        )
+
+    def expire_due(self) -> list[str]:
+        """End every active grant past its expiry, in batches; return the ids this node ended."""
+        with self._expiry_lock:
+            started = self.clock()
+            service = self.grants()
+            ended: list[str] = []
+            while True:
+                batch = service.expire_due(limit=self.batch)
+                ended.extend(batch)
+                if len(batch) < self.batch:
+                    break
+            self._expired_through = max(self._expired_through, started)
+        if ended:
+            log.info("expired %d grant(s)", len(ended))
+        return ended
+
+    def revoke(self) -> PassResult:
+        """Put every due revocation in place on AWS (one write per role)."""
+        with self._revoke_lock:
+            return self.applier.run()
+
+    def sweep(self) -> SweepResult:
+        """Everything periodic: expire, contractors, lapse, reconcile, timers, revoke."""
+        result = SweepResult()
+        result.expired = self.expire_due()
+        service = self.grants()
+        result.contractors_ended = _drain(
+            lambda: service.end_contractors_past_end_date(limit=self.batch), self.batch
+        )
+        result.lapsed = _drain(
+            lambda: service.lapse_pending(self.pending_ttl, limit=self.batch), self.batch
+        )
+        result.reconciled = service.reconcile()
+        result.scheduled = self.schedule_upcoming()
+        result.revocations = self.revoke()
+        return result
+
+    def checkpoint(self) -> bool:
+        """Sign the audit chain head (one scheduler at a time); True when a checkpoint was added."""
+        if self.signing_key is None:
+            return False
+        with self.db.session() as session:
+            if not try_xact_lock(session, "broker:checkpoint"):
+                return False
+            return sign_head(session, self.signing_key, clock=self.clock) is not None
+
+    def schedule_upcoming(self) -> int:
+        """Set a timer at the exact expiry of each grant ending within the window."""
+        if self._aps is None:
+            return 0
+        now = self.clock()
+        with self.db.session() as session:
+            rows = session.execute(
+                select(Grant.id, Grant.expires_at).where(
+                    Grant.status == GrantStatus.ACTIVE,
+                    Grant.expires_at > now,
+                    Grant.expires_at <= now + self.window,
+                )
+            ).all()
+        added = 0
+        for grant_id, expires_at in rows:
+            if expires_at is None:
+                continue
+            with self._timers_lock:
+                if self._timers.get(grant_id) == expires_at:
+                    continue
+                self._timers[grant_id] = expires_at
+            self._aps.add_job(
+                self._on_expiry,
+                trigger="date",
+                run_date=expires_at,
+                args=(grant_id, expires_at),
+                id=grant_id,
+                name=f"expire {grant_id}",
+                replace_existing=True,
+            )
+            added += 1
+        return added
+
+    # -- running in the background ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the lease (SQLite: or refuse) and start the timers; the first sweep runs now."""
+        if self._aps is not None:
+            return
+        self.lease.acquire()
+        aps = BackgroundScheduler(
+            jobstores={"default": MemoryJobStore()},
+            executors={"default": ThreadPoolExecutor(max_workers=4)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        self._aps = aps
+        now = datetime.now(UTC)
+        aps.add_job(
+            self._job("sweep", self.sweep),
+            "interval",
+            seconds=self.sweep_seconds,
+            id="sweep",
+            next_run_time=now,
+        )
+        beat = min(self.sweep_seconds, self.lease.stale_after.total_seconds() / 3)
+        aps.add_job(self._job("lease", self._heartbeat), "interval", seconds=beat, id="lease")
+        if self.signing_key is not None:
+            aps.add_job(
+                self._job("checkpoint", self.checkpoint),
+                "interval",
+                seconds=self.checkpoint_seconds,
+                id="checkpoint",
+            )
+        if self.metrics_port:
+            from prometheus_client import start_http_server
+
+            self._metrics_server, _ = start_http_server(self.metrics_port, registry=self.registry)
+        aps.start()
+        log.info(
+            "scheduler started (%s, holder %s, sweep every %s s)",
+            self.db.dialect,
+            self.lease.holder,
+            self.sweep_seconds,
+        )
+
+    def stop(self) -> None:
+        """Stop the timers, wait for running jobs, give the lease back."""
+        aps, self._aps = self._aps, None
+        if aps is None:
+            return
+        aps.shutdown(wait=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
+        try:
+            self.lease.release()
+        except Exception:  # noqa: BLE001 - a stale lease only delays the next start
+            log.warning("could not release the scheduler lease", exc_info=True)
+        self.stopped.set()
+        log.info("scheduler stopped")
+
+    @property
+    def running(self) -> bool:
+        """Whether the timers are running."""
+        return self._aps is not None
+
+    def _on_expiry(self, grant_id: str, expires_at: datetime) -> None:
+        with self._timers_lock:
+            if self._timers.get(grant_id) == expires_at:
+                del self._timers[grant_id]
+        if expires_at <= self._expired_through:
+            return  # an expiry pass that started after this time already ended it
+        self._job("expiry", self._expire_and_revoke)()
+
+    def _expire_and_revoke(self) -> None:
+        if self.expire_due():
+            self.revoke()
+
+    def _heartbeat(self) -> None:
+        if not self.lease.renew():
+            log.error("scheduler lease %s was taken over; stopping", self.lease.name)
+            threading.Thread(target=self.stop, daemon=True).start()
+
+    def _job(self, name: str, func: Callable[[], object]) -> Callable[[], None]:
+        def run() -> None:
+            self.runs.labels(job=name).inc()
+            try:
+                func()
+            except Exception:
+                self.failures.labels(job=name).inc()
+                log.exception("scheduler job %s failed", name)
+
+        return run
+
+
+def _drain(step: Callable[[], list[str]], batch: int) -> list[str]:
+    done: list[str] = []
+    while True:
+        ids = step()
+        done.extend(ids)
+        if len(ids) < batch:
+            return done
