@@ -1,0 +1,83 @@
+"""Configuration: sources in order, validated at startup with messages that name the setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker import create_app
+from broker.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _base(db_url: str) -> dict[str, object]:
+    return {"ENV": "testing", "DATABASE_URL": db_url, "POLICY_DIR": str(ROOT / "policies")}
+
+
+def test_production_requires_a_secret_key(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BROKER_SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError) as info:
+        create_app({**_base(db_url), "ENV": "production"})
+    assert "BROKER_SECRET_KEY" in str(info.value) and "<missing>" in str(info.value)
+    with pytest.raises(ConfigError, match="shorter than 32"):
+        create_app({**_base(db_url), "ENV": "production", "SECRET_KEY": "short"})
+    app = create_app({**_base(db_url), "ENV": "production", "SECRET_KEY": "k" * 40})
+    assert app.config["SECRET_KEY"] == "k" * 40
+
+
+def test_a_wrong_setting_names_itself_what_it_got_and_what_it_expects(db_url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        create_app({**_base(db_url), "STS_TIMEOUT_SECONDS": -3})
+    message = str(info.value)
+    assert "BROKER_STS_TIMEOUT_SECONDS" in message and "-3" in message and "greater than" in message
+    with pytest.raises(ConfigError, match="BROKER_DATABASE_URL"):
+        create_app({**_base(db_url), "DATABASE_URL": "mysql://x"})
+    with pytest.raises(ConfigError, match="asymmetric"):
+        create_app({**_base(db_url), "OIDC_ALLOWED_ALGS": "RS256,HS256"})
+
+
+def test_sources_apply_in_order(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "broker.toml").write_text('aws_region = "eu-west-1"\nsts_max_attempts = 2\n')
+    monkeypatch.setenv("BROKER_STS_MAX_ATTEMPTS", "3")
+    from broker import config as config_module
+
+    monkeypatch.setattr(
+        "flask.Flask.auto_find_instance_path", lambda self: str(instance), raising=True
+    )
+    app = create_app(_base(db_url))
+    assert app.config["AWS_REGION"] == "eu-west-1"  # instance file beats the default
+    assert app.config["STS_MAX_ATTEMPTS"] == 3  # environment beats the instance file
+    app = create_app({**_base(db_url), "STS_MAX_ATTEMPTS": 5})
+    assert app.config["STS_MAX_ATTEMPTS"] == 5  # test config beats everything
+    assert config_module.INSTANCE_FILE == "broker.toml"
+
+
+def test_a_bad_policy_directory_stops_startup_with_file_and_line(
+    db_url: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "policies"
+    bad.mkdir()
+    (bad / "entitlements.yaml").write_text(
+        "version: 1\n"
+        "entitlements:\n"
+        "  - id: broken\n"
+        "    role_arn: arn:aws:iam::111122223333:role/x\n"
+        "    allow: {groups: [a]}\n"
+        "    max_duration: 13h\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        create_app({**_base(db_url), "POLICY_DIR": str(bad)})
+    assert f"{bad / 'entitlements.yaml'}:6:" in str(info.value) or "entitlements.yaml:6:" in str(
+        info.value
+    )
+
+
+def test_a_missing_policy_directory_is_named(db_url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does-not-exist"):
+        create_app({**_base(db_url), "POLICY_DIR": str(tmp_path / "does-not-exist")})
