@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.models import Principal
 from broker.policy import Identity, Person
+
+LAST_SEEN_RESOLUTION = timedelta(minutes=5)
 
 
 def sync_principal(session: Session, person: Person, *, now: datetime) -> Principal:
@@ -30,7 +32,8 @@ def sync_principal(session: Session, person: Person, *, now: datetime) -> Princi
     row.kind = person.kind
     row.valid_until = person.valid_until
     row.sponsor = person.sponsor
-    row.last_seen_at = now
+    if row.last_seen_at is None or now - row.last_seen_at > LAST_SEEN_RESOLUTION:
+        row.last_seen_at = now  # coarse on purpose: no write per request just for this
     session.flush()
     return row
 

@@ -71,7 +71,8 @@ def authenticate(session: Session, plaintext: str, *, now: datetime) -> tuple[Ap
     principal = session.get(Principal, row.principal_id)
     if principal is None:  # pragma: no cover - foreign key makes this impossible
         raise Unauthenticated("The access token's owner no longer exists.")
-    row.last_used_at = now
+    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=5):
+        row.last_used_at = now  # coarse on purpose: no write per request just for this
     return row, principal
 
 
