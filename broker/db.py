@@ -20,6 +20,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, echo=echo)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            self.engine.execution_options(broker_read_only=True), expire_on_commit=False
+        )
 
     @property
     def dialect(self) -> str:
@@ -30,6 +33,12 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
         with self.sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session for reading only: on SQLite it does not take the write lock."""
+        with self._readers() as session, session.begin():
             yield session
 
     def ping(self) -> None:
@@ -60,7 +69,10 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers serialize up front (no lock upgrades, no SQLITE_BUSY mid-transaction);
+            # readers get a plain snapshot.
+            read_only = conn.get_execution_options().get("broker_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://"):

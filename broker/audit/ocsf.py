@@ -1,4 +1,4 @@
-"""Map audit events to OCSF 1.3.0 events (Identity & Access Management category).
+"""Map audit events to OCSF 1.5.0 events (Identity & Access Management category).
 
 The mapping table is documented in docs/ocsf.md. Every event keeps its chain position and hash
 in `metadata` (`sequence`, `uid`), so an OCSF record can be traced back to the signed trail.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-OCSF_VERSION = "1.3.0"
+OCSF_VERSION = "1.5.0"
 PRODUCT = {"name": "broker", "vendor_name": "broker", "feature": {"name": "audit"}}
 IAM_CATEGORY = 3
 
@@ -130,7 +130,9 @@ def to_ocsf(body: Mapping[str, Any], event_hash: str) -> dict[str, Any]:
         event["http_request"] = {"user_agent": body["user_agent"]}
     if mapped.class_uid in _USER_CLASSES:
         event["user"] = _user(_subject(body))
-    if mapped.class_uid == USER_ACCESS:
+    if mapped.class_uid == AUTHENTICATION:
+        event["service"] = {"name": "broker"}  # the class needs a service or a dst_endpoint
+    if mapped.class_uid in (USER_ACCESS, AUTHORIZE_SESSION):
         event["privileges"] = [_privilege(body)]
     if mapped.class_uid == AUTHORIZE_SESSION:
         event["session"] = _session(details)
