@@ -24,7 +24,9 @@ def build() -> click.Group:
     from broker.auth.cli import token_cli
     from broker.cli.policy import policy
     from broker.devstack import dev_command
+    from broker.iam_setup import iam_policies_command
     from broker.migrate import db_cli
+    from broker.scheduler import scheduler_command
 
     group = FlaskGroup(
         name="broker",
@@ -34,7 +36,15 @@ def build() -> click.Group:
         set_debug_flag=False,
         help="Zero-trust temporary credentials for AWS.",
     )
-    for command in (policy, db_cli, audit_cli, token_cli, dev_command):
+    for command in (
+        policy,
+        db_cli,
+        audit_cli,
+        token_cli,
+        dev_command,
+        scheduler_command,
+        iam_policies_command,
+    ):
         group.add_command(command)
     return group
 

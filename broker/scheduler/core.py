@@ -118,12 +118,15 @@ class Scheduler:
         )
         self._expiry_lock = threading.Lock()
         self._revoke_lock = threading.Lock()
+        self._expiry_gate, self._expiry_dirty = threading.Lock(), threading.Event()
+        self._revoke_gate, self._revoke_dirty = threading.Lock(), threading.Event()
         self._expired_through = datetime.min.replace(tzinfo=UTC)
         self._timers: dict[str, datetime] = {}
         self._timers_lock = threading.Lock()
         self._aps: BackgroundScheduler | None = None
         self._metrics_server: Any = None
         self.stopped = threading.Event()
+        self._stopping = threading.Event()
 
     # -- passes (synchronous) ---------------------------------------------------------------
 
@@ -154,6 +157,24 @@ class Scheduler:
         """Put every due revocation in place on AWS (one write per role)."""
         with self._revoke_lock:
             return self.applier.run()
+
+    def _coalesced(
+        self, lock: threading.Lock, dirty: threading.Event, work: Callable[[], Any]
+    ) -> None:
+        """Run ``work`` now, or, when a run is in progress, make that run go round once more.
+
+        Timers firing close together (a thousand grants ending in the same minute) then cost
+        a few passes, not one pass each queued behind the others.
+        """
+        dirty.set()
+        while dirty.is_set():
+            if not lock.acquire(blocking=False):
+                return  # the running pass sees the flag and loops
+            try:
+                dirty.clear()
+                work()
+            finally:
+                lock.release()
 
     def sweep(self) -> SweepResult:
         """Everything periodic: expire, contractors, lapse, reconcile, timers, revoke."""
@@ -220,6 +241,7 @@ class Scheduler:
         if self._aps is not None:
             return
         self.lease.acquire()
+        self._stopping.clear()
         aps = BackgroundScheduler(
             jobstores={"default": MemoryJobStore()},
             executors={"default": ThreadPoolExecutor(max_workers=4)},
@@ -261,6 +283,8 @@ class Scheduler:
         aps, self._aps = self._aps, None
         if aps is None:
             return
+        self._stopping.set()  # timers already handed to the pool return at once
+        aps.remove_all_jobs()
         aps.shutdown(wait=True)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -278,6 +302,8 @@ class Scheduler:
         return self._aps is not None
 
     def _on_expiry(self, grant_id: str, expires_at: datetime) -> None:
+        if self._stopping.is_set():
+            return  # whatever is due is handled by the next scheduler's first sweep
         with self._timers_lock:
             if self._timers.get(grant_id) == expires_at:
                 del self._timers[grant_id]
@@ -286,8 +312,12 @@ class Scheduler:
         self._job("expiry", self._expire_and_revoke)()
 
     def _expire_and_revoke(self) -> None:
-        if self.expire_due():
-            self.revoke()
+        ended: list[str] = []
+        self._coalesced(
+            self._expiry_gate, self._expiry_dirty, lambda: ended.extend(self.expire_due())
+        )
+        if ended:
+            self._coalesced(self._revoke_gate, self._revoke_dirty, self.revoke)
 
     def _heartbeat(self) -> None:
         if not self.lease.renew():

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, or_, select, update
 
 from broker.audit import AuditLog, EventContext, NewEvent
 from broker.db import Database
@@ -127,19 +127,30 @@ class RevocationApplier:
         dropped = {e.ref for e in plan.entries_dropped}
         newly_applied: list[str] = []
         newly_dropped: list[str] = []
+        for row in rows:
+            if row.id in dropped:
+                newly_dropped.append(row.id)
+            elif row.id in kept and row.status == RevocationStatus.PENDING:
+                newly_applied.append(row.id)
         with self.db.session() as session:
-            for row in rows:
-                if row.id in dropped:
-                    newly_dropped.append(row.id)
-                    session.get_one(Revocation, row.id).status = RevocationStatus.DROPPED
-                elif row.id in kept and row.status == RevocationStatus.PENDING:
-                    newly_applied.append(row.id)
-                    fresh = session.get_one(Revocation, row.id)
-                    fresh.status = RevocationStatus.APPLIED
-                    fresh.applied_at = now
-                    fresh.attempts = row.attempts + attempts
-                    fresh.last_error = None
-                    fresh.next_attempt_at = None
+            for chunk in _chunks(newly_dropped):
+                session.execute(
+                    update(Revocation)
+                    .where(Revocation.id.in_(chunk))
+                    .values(status=RevocationStatus.DROPPED)
+                )
+            for chunk in _chunks(newly_applied):
+                session.execute(
+                    update(Revocation)
+                    .where(Revocation.id.in_(chunk))
+                    .values(
+                        status=RevocationStatus.APPLIED,
+                        applied_at=now,
+                        attempts=Revocation.attempts + attempts,
+                        last_error=None,
+                        next_attempt_at=None,
+                    )
+                )
             ctx = self._ctx()
             self.audit.append(
                 session,
@@ -215,6 +226,10 @@ class RevocationApplier:
         return EventContext(
             actor="scheduler", client="scheduler", policy_version=self.policy_version()
         )
+
+
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
 
 
 def _due(now: datetime) -> ColumnElement[bool]:

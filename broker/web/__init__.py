@@ -7,8 +7,9 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register every blueprint and the error handlers."""
+    from broker import metrics
     from broker.auth import oidc
-    from broker.web import api, errors, health, oauth, security, ui, ui_admin
+    from broker.web import api, audit_export, errors, health, oauth, security, ui, ui_admin
 
     errors.init_app(app)
     security.init_app(app)
@@ -18,3 +19,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(ui.bp)
     app.register_blueprint(ui_admin.bp)
     oauth.init_app(app)
+    app.register_blueprint(audit_export.bp)
+    app.register_blueprint(metrics.bp)

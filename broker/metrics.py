@@ -1,0 +1,155 @@
+"""Prometheus `/metrics` for the web app, read from the database at scrape time.
+
+Every number comes from the database, so any web worker answers the same and nothing is lost
+when a worker or the scheduler restarts:
+
+- ``broker_credentials_issued_total``: ``credentials.issued`` audit events;
+- ``broker_denials_total{action}``: audit events with decision ``deny``;
+- ``broker_grants{status}``: grants by status (``active`` = live grants);
+- ``broker_revocations{status}``, ``broker_revocation_oldest_pending_seconds``;
+- ``broker_revocation_latency_seconds``: queue-to-IAM time of revocations applied in the last
+  hour (a summary's count and sum, plus the maximum as a gauge);
+- ``broker_revocation_failures_total``: ``revocation.failed`` audit events;
+- ``broker_scheduler_heartbeat_age_seconds{holder}``: time since each scheduler's last heartbeat.
+
+Job runs and failures of a scheduler process are process-local counters, served by the
+scheduler itself on ``SCHEDULER_METRICS_PORT`` (see :mod:`broker.scheduler.core`): counting
+them here would mean writing an audit event per job run. The audit counts are ``COUNT(*)``
+queries over indexed columns (``action``); ``decision`` is not indexed, so denials cost a scan
+of the audit table per scrape: keep the scrape interval at 15 s or more on very large trails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+
+from flask import Blueprint, Response, current_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from sqlalchemy import func, select
+
+from broker.db import Database, get_database
+from broker.models import (
+    AuditEvent,
+    Grant,
+    Revocation,
+    RevocationStatus,
+    SchedulerLease,
+    utcnow,
+)
+
+bp = Blueprint("metrics", __name__)
+EXTENSION = "broker.metrics"
+
+
+class DatabaseCollector:
+    """A Prometheus collector whose every sample is a database query at scrape time."""
+
+    def __init__(self, database: Database, clock: Callable[[], datetime] = utcnow) -> None:
+        self.db = database
+        self.clock = clock
+
+    def describe(self) -> list[Metric]:
+        """No up-front description: samples are only known at scrape time."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Query the database and yield every metric."""
+        now = self.clock()
+        with self.db.session() as s:
+            issued = s.scalar(select(func.count()).where(AuditEvent.action == "credentials.issued"))
+            denials = s.execute(
+                select(AuditEvent.action, func.count())
+                .where(AuditEvent.decision == "deny")
+                .group_by(AuditEvent.action)
+            ).all()
+            failures = s.scalar(
+                select(func.count()).where(AuditEvent.action == "revocation.failed")
+            )
+            grants = s.execute(select(Grant.status, func.count()).group_by(Grant.status)).all()
+            revocations = s.execute(
+                select(Revocation.status, func.count()).group_by(Revocation.status)
+            ).all()
+            oldest = s.scalar(
+                select(func.min(Revocation.created_at)).where(
+                    Revocation.status == RevocationStatus.PENDING
+                )
+            )
+            latencies = s.execute(
+                select(Revocation.created_at, Revocation.applied_at).where(
+                    Revocation.applied_at >= now - timedelta(hours=1)
+                )
+            ).all()
+            leases = s.execute(select(SchedulerLease.holder, SchedulerLease.heartbeat_at)).all()
+
+        yield _counter("broker_credentials_issued", "Credentials issued.", int(issued or 0))
+        denied = CounterMetricFamily(
+            "broker_denials", "Requests refused (audit decision deny).", labels=["action"]
+        )
+        for action, count in denials:
+            denied.add_metric([action], count)
+        yield denied
+        yield _counter(
+            "broker_revocation_failures", "Failed revocation attempts.", int(failures or 0)
+        )
+        by_status = GaugeMetricFamily("broker_grants", "Grants by status.", labels=["status"])
+        for status, count in grants:
+            by_status.add_metric([status], count)
+        yield by_status
+        revs = GaugeMetricFamily("broker_revocations", "Revocations by status.", labels=["status"])
+        counts = dict(revocations)
+        for status in RevocationStatus:
+            revs.add_metric([status.value], counts.get(status.value, 0))
+        yield revs
+        yield GaugeMetricFamily(
+            "broker_revocation_oldest_pending_seconds",
+            "Age of the oldest revocation not yet in place on AWS (0 when none).",
+            value=(now - oldest).total_seconds() if oldest else 0.0,
+        )
+        waits = [(done - created).total_seconds() for created, done in latencies if done]
+        yield SummaryMetricFamily(
+            "broker_revocation_latency_seconds",
+            "Queue-to-IAM time of revocations applied in the last hour.",
+            count_value=len(waits),
+            sum_value=sum(waits),
+        )
+        yield GaugeMetricFamily(
+            "broker_revocation_latency_max_seconds",
+            "Longest queue-to-IAM time in the last hour.",
+            value=max(waits, default=0.0),
+        )
+        beats = GaugeMetricFamily(
+            "broker_scheduler_heartbeat_age_seconds",
+            "Seconds since each scheduler's last heartbeat.",
+            labels=["holder"],
+        )
+        for holder, beat in leases:
+            beats.add_metric([holder], (now - beat).total_seconds())
+        yield beats
+
+
+def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, value=value)
+
+
+def registry_for(database: Database) -> CollectorRegistry:
+    """A registry holding only the database collector (no process metrics of one worker)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(DatabaseCollector(database))
+    return registry
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text exposition of the broker's database-derived metrics."""
+    registry: CollectorRegistry | None = current_app.extensions.get(EXTENSION)
+    if registry is None:
+        registry = registry_for(get_database(current_app))
+        current_app.extensions[EXTENSION] = registry
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
