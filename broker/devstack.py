@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import secrets
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
+from broker.audit.checkpoints import PRIVATE_KEY_FILE, generate_key_pair
 from broker.aws import make_client, parse_role_arn
 from broker.devidp import DEMO_USERS, DevIdentityProvider
 from broker.policy import load_policy_dir
@@ -119,7 +119,8 @@ class DevStack:
             "OIDC_CLIENT_ID": "broker-dev",
             "OIDC_CLIENT_SECRET": secret,
             "OIDC_ALLOWED_ALGS": ("RS256",),
-            "AUDIT_SIGNING_KEY_FILE": str(key_file) if key_file else None,
+            "AUDIT_SIGNING_KEY_FILE": str(key_file),
+            "CHECKPOINT_SECONDS": 60,
             "DEV_ROLES": roles,
         }
         return self.config
@@ -148,16 +149,13 @@ class DevStack:
             created.append(entitlement.role_arn)
         return sorted(set(created))
 
-    def _signing_key(self) -> Path | None:
-        try:
-            from broker.audit.checkpoints import generate_key_pair
-        except ImportError:  # checkpoint signing not available in this build
-            return None
+    def _signing_key(self) -> Path:
+        """The dev audit signing key (generated once, kept in the instance folder)."""
         key_dir = self.instance_path / "dev-audit-key"
-        private = key_dir / "private.pem"
+        private = key_dir / PRIVATE_KEY_FILE
         if not private.exists():
-            generate_key_pair(key_dir)
-        return private if private.exists() else None
+            private, _public = generate_key_pair(key_dir)
+        return private
 
     def stop(self) -> None:
         """Stop the IdP and moto."""
@@ -219,7 +217,7 @@ def dev_command(host: str, port: int, policy_dir: str, instance: str) -> None:
             server_socket_port = sock.getsockname()[1]
         stack.port = server_socket_port
     config = stack.start()
-    scheduler = None
+    scheduler: Any = None
     try:
         app = create_app(config)
         upgrade(get_database(app))
@@ -227,11 +225,10 @@ def dev_command(host: str, port: int, policy_dir: str, instance: str) -> None:
         server = make_server(host, stack.port, app, threaded=True)
         click.echo(banner(stack))
         click.echo(f"ready: {stack.base_url}", err=True)
-        stop = threading.Event()
         try:
             server.serve_forever()
         except KeyboardInterrupt:
-            stop.set()
+            click.echo("stopping", err=True)
     finally:
         if scheduler is not None:
             scheduler.stop()
@@ -239,11 +236,8 @@ def dev_command(host: str, port: int, policy_dir: str, instance: str) -> None:
 
 
 def _start_scheduler(app: Any) -> Any:
-    try:
-        from broker.scheduler import Scheduler
-    except ImportError:
-        log.warning("scheduler not available in this build; grants end only when checked")
-        return None
+    from broker.scheduler import Scheduler
+
     scheduler = Scheduler(app)
     scheduler.start()
     return scheduler
