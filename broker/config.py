@@ -53,6 +53,12 @@ class Settings(BaseModel):
     FEDERATION_ENDPOINT: str = "https://signin.aws.amazon.com/federation"
     CONSOLE_URL: str = "https://console.aws.amazon.com/"
     LOG_JSON: bool = True
+    DEVICE_CODE_TTL_SECONDS: int = Field(default=600, ge=60, le=1800)
+    DEVICE_POLL_INTERVAL_SECONDS: int = Field(default=5, ge=1, le=60)
+    DEVICE_TOKEN_TTL_SECONDS: int = Field(default=8 * 3600, ge=300, le=7 * 24 * 3600)
+    DEVICE_ATTEMPTS_PER_PERSON: int = Field(default=20, ge=1, le=10_000)
+    DEVICE_ATTEMPTS_PER_IP: int = Field(default=100, ge=1, le=100_000)
+    DEVICE_STARTS_PER_IP: int = Field(default=60, ge=1, le=100_000)
     SESSION_IDLE_SECONDS: int = Field(default=30 * 60, ge=60, le=24 * 3600)
     SESSION_ABSOLUTE_SECONDS: int = Field(default=12 * 3600, ge=300, le=7 * 24 * 3600)
     RATE_LIMIT_SIGNIN_PER_MINUTE: int = Field(default=30, ge=1)

@@ -1,0 +1,42 @@
+"""Errors the CLI shows a person: what happened, and the next step."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+import click
+
+
+class ClientError(click.ClickException):
+    """A failure explained for a person; click prints it to stderr and exits non-zero."""
+
+    def __init__(self, message: str, *, hint: str | None = None, code: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.code = code
+
+    def format_message(self) -> str:
+        """The message and, on its own line, what to do next."""
+        return f"{self.message}\n  {self.hint}" if self.hint else self.message
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print as `Error: ...` on stderr (click's format, with the hint indented below)."""
+        click.echo(f"Error: {self.format_message()}", err=True, file=file)
+
+
+class NotSignedIn(ClientError):
+    """No usable broker token on this machine."""
+
+
+class Unreachable(ClientError):
+    """The broker did not answer (network, DNS, TLS, timeout)."""
+
+
+class ApiError(ClientError):
+    """The broker answered with an error `{code, message, hint}`."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, code: str = "", status: int = 0
+    ) -> None:
+        super().__init__(message, hint=hint, code=code)
+        self.status = status

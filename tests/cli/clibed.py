@@ -1,0 +1,136 @@
+"""Helpers for the CLI tests: a live broker over HTTP, an isolated CLI workspace."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from apibed import ADMIN_POLICY, READ_POLICY, Bed, write_policy
+from aws import create_role
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from broker import create_app
+from broker.cli.client.store import Store
+from broker.db import Database, get_database
+from broker.models import AuditEvent, utcnow
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+DEV = ("dev@example.com", ("developers",))
+
+
+class Dispatch:
+    """A WSGI app whose target is set after the server has its port (the IdP needs the URL)."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    def __call__(self, environ: Any, start_response: Any) -> Any:
+        return self.app(environ, start_response)
+
+
+@dataclass
+class LiveBroker:
+    """A broker served over real HTTP on 127.0.0.1, plus the API test bed over the same app."""
+
+    url: str
+    bed: Bed
+    roles: dict[str, str]
+
+    def events(self, action: str) -> list[AuditEvent]:
+        """Audit events with this action, oldest first."""
+        with self.bed.app.app_context(), get_database().session() as session:
+            return list(
+                session.scalars(
+                    sa.select(AuditEvent)
+                    .where(AuditEvent.action == action)
+                    .order_by(AuditEvent.seq)
+                )
+            )
+
+
+def serve(app: Any) -> tuple[BaseWSGIServer, threading.Thread]:
+    """Serve `app` on a free loopback port in a thread."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def broker_app(
+    database: Database, moto: Any, tmp_path: Path, **extra: Any
+) -> tuple[Any, dict[str, str]]:
+    """The broker app over fresh moto roles and the test policy."""
+    suffix = uuid.uuid4().hex[:8]
+    iam = moto.client("iam")
+    roles = {
+        "read": create_role(
+            iam, f"read-{suffix}", max_session_seconds=3600, policies={"read": READ_POLICY}
+        ),
+        "admin": create_role(
+            iam, f"admin-{suffix}", max_session_seconds=7200, policies={"admin": ADMIN_POLICY}
+        ),
+    }
+    policy_dir = tmp_path / "policies"
+    write_policy(policy_dir, roles, utcnow() + timedelta(minutes=40))
+    config = {
+        "ENV": "testing",
+        "TESTING": True,
+        "DATABASE_URL": database.url,
+        "POLICY_DIR": str(policy_dir),
+        "AWS_ENDPOINT_URL": moto.endpoint_url,
+        "AWS_REGION": "us-east-1",
+        "DEVICE_POLL_INTERVAL_SECONDS": 1,
+        **extra,
+    }
+    return create_app(config), roles
+
+
+@dataclass
+class Workspace:
+    """An isolated home for the CLI: its config dir, AWS files, and a `broker` on PATH."""
+
+    home: Path
+    config_dir: Path
+    credentials: Path
+    config: Path
+    bin_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def broker(self) -> str:
+        """The `broker` executable subprocesses run."""
+        return str(self.bin_dir / "broker")
+
+    def store(self) -> Store:
+        """The CLI's store (file-backed: no keyring)."""
+        return Store(self.config_dir, None)
+
+    def sign_in(
+        self, live: LiveBroker, email: str = DEV[0], groups: tuple[str, ...] = DEV[1]
+    ) -> str:
+        """Save a broker token for `email` as `broker login` would; return it."""
+        token = live.bed.token(email, groups)
+        self.store().save(live.url, token, email=email, expires_at=utcnow() + timedelta(hours=1))
+        return token
+
+
+BROKER_SHIM = """#!{python}
+# The `broker` console script with the engineer's commands registered (until
+# broker.cli.build() registers them itself, this adds them; afterwards it is a no-op).
+import sys
+from broker.cli import build
+from broker.cli.client import register
+group = build()
+if "creds" not in group.commands:
+    register(group)
+sys.exit(group.main(prog_name="broker"))
+"""
