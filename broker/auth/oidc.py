@@ -151,8 +151,8 @@ def callback() -> Response:
         ),
     )
     response = redirect(safe_next(attempt.next_path))
+    # The binding cookie stays until it expires: another tab's sign-in may still need it.
     set_cookie(response, SESSION_COOKIE, value, max_age=int(setting("SESSION_ABSOLUTE_SECONDS")))
-    delete_cookie(response, BINDING_COOKIE)
     return response
 
 

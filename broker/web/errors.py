@@ -82,11 +82,9 @@ def init_app(app: Flask) -> None:
                     "with the buttons on the broker's pages (never by following a link)."
                 )
             response = error_page(exc.code or 500, message, code=code)
-            if exc.code == 405 and exc.response is None:
-                allowed = exc.get_headers()
-                for name, value in allowed:
-                    if name.lower() == "allow":
-                        response.headers["Allow"] = value
+            for name, value in exc.get_headers():
+                if name.lower() == "allow":  # a 405 says which methods would work
+                    response.headers["Allow"] = value
             return response
         response = jsonify(code=code, message=message)
         response.status_code = exc.code or 500

@@ -91,11 +91,15 @@ def _check_csrf() -> None:
 
 
 def _cross_site() -> bool:
-    if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
-        return True
+    # Browsers say where a request came from in Sec-Fetch-Site; older ones only in Origin.
+    # With `Referrer-Policy: no-referrer` Chromium sends `Origin: null` on our own forms, so
+    # "null" decides nothing (the CSRF token still must match).
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site:
+        return fetch_site not in ("same-origin", "none")
     origin = request.headers.get("Origin")
     if not origin or origin == "null":
-        return origin == "null"
+        return False
     theirs = urlsplit(origin)
     own = {urlsplit(request.host_url)[:2]}
     if setting("BASE_URL"):

@@ -70,7 +70,7 @@ def snippets(creds: IssuedCredentials, entitlement_id: str, profile: str) -> Sni
         "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
         "AWS_SESSION_TOKEN": creds.session_token,
     }
-    expiration = creds.expiration.isoformat().replace("+00:00", "Z")
+    expiration = creds.expiration.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
     def quoted(value: str) -> str:
         return "'" + value.replace("'", "'\\''") + "'"
@@ -168,7 +168,7 @@ def credentials(entitlement_id: str) -> Response:
         "credentials.html",
         issued=issued,
         creds=creds,
-        expiration=creds.expiration.isoformat().replace("+00:00", "Z"),
+        expiration=creds.expiration.replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         snippets=snippets(creds, entitlement_id, profile),
         profile=profile,
         console=console,

@@ -1,0 +1,201 @@
+"""Browser tests: Debian's Chromium (Playwright) against the broker served on loopback, the real
+`oidc-provider` as identity provider, moto as AWS, and a stub AWS federation endpoint.
+
+One HTTP server, identity provider and browser serve the whole run; each test gets a fresh
+database (SQLite and PostgreSQL), moto roles, policy and app, swapped in behind the server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from apibed import ADMIN_POLICY, READ_POLICY, write_policy
+from aws import create_role
+from browserbed import Site
+from oidc_provider import OidcProvider, node_modules_present
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from broker import create_app
+from broker.db import Database
+from broker.models import utcnow
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+CLIENT_ID = "broker"
+CLIENT_SECRET = "broker-browser-secret"
+USERS = [
+    {"sub": "dev", "email": "dev@example.com", "name": "Dev", "groups": ["developers"]},
+    {"sub": "sam", "email": "sam@example.com", "name": "Sam", "groups": ["sre", "developers"]},
+    {"sub": "sec", "email": "sec@example.com", "name": "Sec", "groups": ["security"]},
+    {
+        "sub": "ada",
+        "email": "ada@example.com",
+        "name": "Ada",
+        "groups": ["security-admins", "compliance"],
+    },
+]
+for _user in USERS:
+    _user.update(amr=["pwd", "mfa"], acr="urn:broker:test:mfa")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/browser/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(pytest.mark.browser)
+
+
+class _Swap:
+    """The WSGI app behind the shared server; each test swaps its own app in."""
+
+    def __init__(self) -> None:
+        self.app: Callable[..., Any] | None = None
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.app is None:
+            return Response("no app", status=503)(environ, start_response)
+        return self.app(environ, start_response)
+
+
+class _Loopback:
+    """A werkzeug server on 127.0.0.1 and a free port, in a thread."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Federation:
+    """A stub of AWS's federation endpoint: getSigninToken answers, login shows a page."""
+
+    requests: list[dict[str, list[str]]] = field(default_factory=list)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        self.requests.append({k: request.args.getlist(k) for k in request.args})
+        if request.args.get("Action") == "getSigninToken":
+            body = Response(json.dumps({"SigninToken": "stub-token"}), mimetype="text/json")
+        else:
+            body = Response("<h1>AWS console (stub)</h1>", mimetype="text/html")
+        return body(environ, start_response)
+
+
+@pytest.fixture(scope="session")
+def swap() -> _Swap:
+    return _Swap()
+
+
+@pytest.fixture(scope="session")
+def broker_url(swap: _Swap) -> Iterator[str]:
+    server = _Loopback(swap)
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def federation() -> Iterator[tuple[str, Federation]]:
+    stub = Federation()
+    server = _Loopback(stub)
+    yield f"{server.url}/federation", stub
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def idp(broker_url: str) -> Iterator[OidcProvider]:
+    if not node_modules_present():
+        pytest.skip("run `npm ci` in tests/node for the OIDC test provider")
+    clients = [
+        {
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": [f"{broker_url}/auth/callback"],
+            "post_logout_redirect_uris": [f"{broker_url}/signed-out"],
+        }
+    ]
+    with OidcProvider(clients=clients, users=USERS) as provider:
+        yield provider
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def site(
+    database: Database,
+    moto_server: Any,
+    tmp_path: Path,
+    swap: _Swap,
+    broker_url: str,
+    idp: OidcProvider,
+    chromium: Any,
+    federation: tuple[str, Federation],
+) -> Iterator[Site]:
+    suffix = uuid.uuid4().hex[:8]
+    iam = moto_server.client("iam")
+    roles = {
+        "read": create_role(
+            iam, f"read-{suffix}", max_session_seconds=3600, policies={"read": READ_POLICY}
+        ),
+        "admin": create_role(
+            iam, f"admin-{suffix}", max_session_seconds=7200, policies={"admin": ADMIN_POLICY}
+        ),
+    }
+    policy_dir = tmp_path / "policies"
+    write_policy(policy_dir, roles, utcnow() + timedelta(minutes=40))
+    endpoint, stub = federation
+    app = create_app(
+        {
+            "ENV": "testing",
+            "TESTING": True,
+            "DATABASE_URL": database.url,
+            "POLICY_DIR": str(policy_dir),
+            "AWS_ENDPOINT_URL": moto_server.endpoint_url,
+            "AWS_REGION": "us-east-1",
+            "BASE_URL": broker_url,
+            "OIDC_ISSUER": idp.issuer,
+            "OIDC_CLIENT_ID": CLIENT_ID,
+            "OIDC_CLIENT_SECRET": CLIENT_SECRET,
+            "FEDERATION_ENDPOINT": endpoint,
+        }
+    )
+    swap.app = app
+    built = Site(broker_url, idp, chromium, moto_server, roles, stub)
+    yield built
+    built.close()
+    swap.app = None
+    app.extensions["broker.db"].dispose()
+    assert built.problems == [], built.problems  # no CSP violations, no script errors
