@@ -78,6 +78,7 @@ def broker_issue(db_url: str, policy_dir: Path, moto: MotoServer, n: int) -> lis
             "POLICY_DIR": str(policy_dir),
             "AWS_ENDPOINT_URL": moto.endpoint_url,
             "LOG_JSON": False,
+            "RATE_LIMIT_ISSUE_PER_MINUTE": 1_000_000,
         }
     )
     with app.app_context():

@@ -14,6 +14,7 @@ from broker.policy import Decision, describe_person, format_duration, parse_dura
 from broker.services import grant_service
 from broker.web.authn import authenticate, request_meta
 from broker.web.openapi import OPENAPI
+from broker.web.security import limit_issue
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -185,6 +186,7 @@ def revoke(grant_id: str) -> Response:
 def credentials() -> tuple[Response, int]:
     """Issue credentials for an entitlement; shown once, never stored."""
     service, caller = _service_and_caller()
+    limit_issue(caller.principal_id)
     body: CredentialsBody = _body(CredentialsBody)
     issued = service.issue(
         caller,

@@ -18,6 +18,7 @@ _ERRORS = {
     "401": _json(_ref("Error"), "Missing, expired or forged token"),
     "403": _json(_ref("Error"), "Denied by policy"),
     "413": _json(_ref("Error"), "Request body too large"),
+    "429": _json(_ref("Error"), "Rate limited; retry after the Retry-After seconds"),
     "503": _json(_ref("Error"), "Audit trail or AWS unavailable; nothing was done"),
 }
 

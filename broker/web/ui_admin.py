@@ -124,11 +124,24 @@ def audit() -> str:
     query = {k: args.get(k, "") for k in ("actor", "action", "target", "since", "until")}
     query = {k: v for k, v in query.items() if v}
     exports = {
-        fmt: "/audit/export?" + urlencode({"format": fmt, **query}) for fmt in EXPORT_FORMATS
+        fmt: "/audit/export?" + urlencode({"format": fmt, **_export_filters(filters)})
+        for fmt in EXPORT_FORMATS
     }
     return render_template(
         "audit.html", events=events, actions=actions, filters=query, exports=exports
     )
+
+
+def _export_filters(filters: admin_queries.AuditFilter) -> dict[str, str]:
+    """The page's filters in the export endpoint's terms (person, entitlement, action, times)."""
+    out = {
+        "person": filters.actor,
+        "entitlement": filters.target,
+        "action": filters.action,
+        "since": filters.since.isoformat() if filters.since else "",
+        "until": filters.until.isoformat() if filters.until else "",
+    }
+    return {k: v for k, v in out.items() if v}
 
 
 def _date(value: str | None, name: str, *, end_of_day: bool = False) -> datetime | None:

@@ -200,3 +200,16 @@ def test_openapi_and_probes(bed: Bed) -> None:
     ready = bed.client.get("/readyz")
     assert ready.status_code == 200, ready.json
     assert ready.headers["X-Request-Id"]
+
+
+def test_issuance_is_rate_limited_per_person(bed: Bed) -> None:
+    bed.app.config["RATE_LIMIT_ISSUE_PER_MINUTE"] = 2
+    token = bed.token("dev@example.com", DEV)
+    statuses = [_issue(bed, token).status_code for _ in range(3)]
+    assert statuses[:2] == [201, 201]
+    if statuses[2] == 201:  # the minute window rolled over between calls; try once more
+        statuses.append(_issue(bed, token).status_code)
+    limited = _issue(bed, token)
+    assert limited.status_code == 429 and limited.json["code"] == "rate_limited"
+    other = bed.token("other@example.com", DEV)
+    assert _issue(bed, other).status_code == 201  # per person, not global
