@@ -1,0 +1,229 @@
+"""Shared steps of grant operations: transactions, audit, policy checks, new grants."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from broker.audit import AuditLog, EventContext, NewEvent
+from broker.db import Database
+from broker.errors import (
+    AuditUnavailable,
+    BadRequest,
+    BrokerError,
+    Forbidden,
+    NotFound,
+    PolicyDenied,
+)
+from broker.grants.types import (
+    Caller,
+    RequestMeta,
+    main_reason,
+    short_duration,
+)
+from broker.models import (
+    Grant,
+    GrantStatus,
+    Principal,
+    utcnow,
+)
+from broker.policy import Decision, Person, RequestContext, Verdict
+from broker.policy_store import PolicySnapshot
+from broker.sts import (
+    RoleLimits,
+    StsIssuer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class GrantCore:
+    """Collaborators and the shared steps every grant operation is built from."""
+
+    def __init__(
+        self,
+        database: Database,
+        policy: PolicySnapshot,
+        issuer: StsIssuer,
+        role_limits: RoleLimits,
+        *,
+        audit: AuditLog | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = database
+        self.policy = policy
+        self.issuer = issuer
+        self.role_limits = role_limits
+        self.audit = audit or AuditLog(clock)
+        self.clock = clock
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        """A transaction; database failures become AuditUnavailable (nothing was done)."""
+        try:
+            with self.db.session() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            log.error("database write failed, nothing done: %s", exc)
+            raise AuditUnavailable(
+                "The broker could not record this in its audit trail, so nothing was done.",
+                hint="Try again shortly; if it persists, tell the platform team.",
+            ) from exc
+
+    def _ctx(self, meta: RequestMeta) -> RequestContext:
+        return RequestContext(now=self.clock(), source_ip=meta.ip)
+
+    def _ectx(self, actor: str, meta: RequestMeta | None) -> EventContext:
+        meta = meta or RequestMeta(client="scheduler")
+        return EventContext(
+            actor=actor,
+            ip=meta.ip,
+            user_agent=meta.user_agent,
+            client=meta.client,
+            policy_version=self.policy.version,
+        )
+
+    def _record(self, session: Session, ectx: EventContext, event: NewEvent) -> None:
+        self.audit.append(session, ectx, event)
+
+    def _best_effort_record(self, ectx: EventContext, event: NewEvent) -> None:
+        try:
+            with self._tx() as session:
+                self._record(session, ectx, event)
+        except AuditUnavailable:
+            pass  # the original error is what the caller needs to see
+
+    @contextmanager
+    def _denials_audited(
+        self, caller: Caller, meta: RequestMeta, action: str, entitlement_id: str
+    ) -> Iterator[None]:
+        """Audit a refusal after the refused transaction has rolled back (never inside it)."""
+        try:
+            yield
+        except AuditUnavailable:
+            raise
+        except BrokerError as exc:
+            self._best_effort_record(
+                self._ectx(caller.email, meta),
+                NewEvent(
+                    action,
+                    target=entitlement_id,
+                    decision="deny",
+                    reason=exc.message,
+                    details={"code": exc.code},
+                ),
+            )
+            raise
+
+    def _live_principal(self, session: Session, caller: Caller) -> Principal:
+        principal = session.get(Principal, caller.principal_id)
+        if principal is None or principal.disabled:
+            raise Forbidden(
+                "Your access to the broker has been cut off by an administrator.",
+                hint="Contact your security team.",
+            )
+        return principal
+
+    def _check_request(
+        self, decision: Decision, reason: str | None, duration: timedelta | None
+    ) -> None:
+        if decision.verdict is Verdict.DENY:
+            raise PolicyDenied(main_reason(decision))
+        if decision.require_reason and not (reason and reason.strip()):
+            raise BadRequest(
+                f"{decision.entitlement_id} requires a reason.",
+                hint="Say why you need access (e.g. the ticket you are working on).",
+            )
+        if reason is not None and len(reason) > 1000:
+            raise BadRequest("The reason is longer than 1,000 characters.")
+        if duration is not None and not (timedelta(minutes=15) <= duration <= decision.max_grant):
+            raise BadRequest(
+                f"Duration {short_duration(duration)} is out of range for "
+                f"{decision.entitlement_id}: between 15m and {short_duration(decision.max_grant)}."
+            )
+
+    def _new_grant(
+        self,
+        session: Session,
+        principal: Principal,
+        caller: Caller,
+        decision: Decision,
+        reason: str | None,
+        duration: timedelta | None,
+        meta: RequestMeta,
+        now: datetime,
+    ) -> Grant:
+        entitlement = decision.entitlement
+        if entitlement is None:  # an allowed decision always names its entitlement
+            raise PolicyDenied(main_reason(decision))
+        length = duration or decision.max_grant
+        pending = decision.verdict is Verdict.APPROVAL
+        grant = Grant(
+            principal_id=principal.id,
+            entitlement_id=decision.entitlement_id,
+            role_arn=entitlement.role_arn,
+            status=GrantStatus.PENDING if pending else GrantStatus.ACTIVE,
+            reason=reason,
+            duration_seconds=int(length.total_seconds()),
+            policy_version=self.policy.version,
+            client=meta.client,
+            created_at=now,
+        )
+        if not pending:
+            self._activate(grant, caller.person, now)
+        session.add(grant)
+        session.flush()
+        self._record(
+            session,
+            self._ectx(caller.email, meta),
+            NewEvent(
+                "grant.request",
+                target=decision.entitlement_id,
+                decision="pending" if pending else "allow",
+                reason=main_reason(decision),
+                details={
+                    "grant_id": grant.id,
+                    "role_arn": grant.role_arn,
+                    "status": grant.status,
+                    "duration_seconds": grant.duration_seconds,
+                    "expires_at": grant.expires_at.isoformat() if grant.expires_at else None,
+                    "request_reason": reason,
+                },
+            ),
+        )
+        return grant
+
+    def _activate(self, grant: Grant, person: Person, now: datetime) -> None:
+        expires = now + timedelta(seconds=grant.duration_seconds)
+        if person.valid_until is not None:
+            expires = min(expires, person.valid_until)
+        grant.status = GrantStatus.ACTIVE
+        grant.starts_at = now
+        grant.expires_at = expires
+
+    def _active_grant(
+        self, session: Session, principal_id: str, entitlement_id: str, now: datetime
+    ) -> Grant | None:
+        return session.scalars(
+            select(Grant)
+            .where(
+                Grant.principal_id == principal_id,
+                Grant.entitlement_id == entitlement_id,
+                Grant.status == GrantStatus.ACTIVE,
+                Grant.expires_at > now,
+            )
+            .order_by(Grant.expires_at.desc())
+            .limit(1)
+        ).first()
+
+    def _lock_grant(self, session: Session, grant_id: str) -> Grant:
+        grant = session.get(Grant, grant_id, with_for_update=True)
+        if grant is None:
+            raise NotFound(f"No grant {grant_id}.")
+        return grant

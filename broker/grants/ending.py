@@ -1,0 +1,330 @@
+"""The scheduler's side of grants: end them on time and queue denies for live sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from broker.audit import NewEvent
+from broker.db import Database
+from broker.grants.core import GrantCore
+from broker.grants.types import (
+    LIVE,
+    RequestMeta,
+)
+from broker.locks import try_xact_lock
+from broker.models import (
+    Grant,
+    GrantStatus,
+    IssuedSession,
+    Principal,
+    Revocation,
+    RevocationStatus,
+    new_id,
+)
+
+
+class EndingMixin(GrantCore):
+    """Ending grants (expiry, revocation, contractors, lapse) and queueing denies on AWS."""
+
+    def expire_due(self, *, limit: int = 500) -> list[str]:
+        """End active grants past `expires_at` and lapse stale pending ones; return their ids.
+
+        Rows are claimed with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so several schedulers
+        never end the same grant twice.
+        """
+        now = self.clock()
+        ended: list[str] = []
+        with self._tx() as session:
+            query = (
+                select(Grant)
+                .where(Grant.status == GrantStatus.ACTIVE, Grant.expires_at <= now)
+                .order_by(Grant.expires_at)
+                .limit(limit)
+            )
+            grants = session.scalars(_skip_locked(query, self.db)).unique().all()
+            known = _Prefetched.load(session, grants, cutoff=now)
+            for grant in grants:
+                self._end(
+                    session, grant, GrantStatus.EXPIRED, "scheduler", "grant ended", None, known
+                )
+                ended.append(grant.id)
+        return ended
+
+    def end_contractors_past_end_date(self, *, limit: int = 500) -> list[str]:
+        """End the live grants of contractors whose `valid_until` has passed; return their ids.
+
+        Active grants expire, pending ones lapse, and every role where the person still holds
+        live sessions gets a person-wide deny (their engagement is over, whatever the grant).
+        """
+        now = self.clock()
+        ended: list[str] = []
+        with self._tx() as session:
+            query = (
+                select(Grant)
+                .join(Principal, Principal.id == Grant.principal_id)
+                .where(
+                    Principal.kind == "contractor",
+                    Principal.valid_until <= now,
+                    Grant.status.in_(LIVE),
+                )
+                .order_by(Grant.expires_at)
+                .limit(limit)
+            )
+            people: dict[str, Principal] = {}
+            for grant in session.scalars(_skip_locked(query, self.db)).unique().all():
+                status = GrantStatus.EXPIRED if grant.status == "active" else GrantStatus.LAPSED
+                reason = "contractor engagement ended (valid_until passed)"
+                self._end(session, grant, status, "scheduler", reason, None)
+                people[grant.principal_id] = grant.principal
+                ended.append(grant.id)
+            for principal in people.values():
+                self._person_revocations(session, principal, cutoff=now)
+        return ended
+
+    def reconcile(self) -> list[str]:
+        """Queue a deny for every live session whose grant is over and that no deny covers.
+
+        Catches sessions recorded after their grant ended (an issue racing a revoke) and
+        anything a crash or a manual database change left behind. Returns the new revocation
+        ids. On PostgreSQL one scheduler reconciles at a time (advisory lock), others skip.
+        """
+        now = self.clock()
+        queued: list[str] = []
+        with self._tx() as session:
+            if not try_xact_lock(session, "broker:reconcile"):
+                return []
+            rows = session.execute(
+                select(IssuedSession, Grant)
+                .join(Grant, Grant.id == IssuedSession.grant_id)
+                .where(IssuedSession.expires_at > now, Grant.status != GrantStatus.ACTIVE)
+            ).all()
+            if not rows:
+                return []
+            roles = {s.role_arn for s, _ in rows}
+            live = session.scalars(
+                select(Revocation).where(
+                    Revocation.role_arn.in_(roles), Revocation.status != RevocationStatus.DROPPED
+                )
+            ).all()
+            uncovered: dict[str, tuple[Grant, int]] = {}
+            for sess, grant in rows:
+                if not any(_covers(r, sess) for r in live):
+                    count = uncovered.get(grant.id, (grant, 0))[1]
+                    uncovered[grant.id] = (grant, count + 1)
+            for grant, sessions in uncovered.values():
+                revocations = self._grant_revocations(session, grant, cutoff=now)
+                queued.extend(r.id for r in revocations)
+                self._record(
+                    session,
+                    self._ectx("scheduler", None),
+                    NewEvent(
+                        "revocation.queued",
+                        target=grant.role_arn,
+                        decision="revoke",
+                        reason=f"reconcile: {sessions} live session(s) of {grant.status} grant "
+                        "had no deny",
+                        details={
+                            "grant_id": grant.id,
+                            "person": grant.principal.email,
+                            "revocations": [r.id for r in revocations],
+                        },
+                    ),
+                )
+        return queued
+
+    def lapse_pending(self, max_age: timedelta, *, limit: int = 500) -> list[str]:
+        """Pending requests nobody decided within `max_age` lapse."""
+        now = self.clock()
+        lapsed: list[str] = []
+        with self._tx() as session:
+            query = (
+                select(Grant)
+                .where(Grant.status == GrantStatus.PENDING, Grant.created_at <= now - max_age)
+                .limit(limit)
+            )
+            for grant in session.scalars(_skip_locked(query, self.db)).all():
+                self._end(session, grant, GrantStatus.LAPSED, "scheduler", "nobody approved", None)
+                lapsed.append(grant.id)
+        return lapsed
+
+    def _end(
+        self,
+        session: Session,
+        grant: Grant,
+        status: GrantStatus,
+        actor: str,
+        reason: str | None,
+        meta: RequestMeta | None,
+        known: _Prefetched | None = None,
+    ) -> None:
+        now = self.clock()
+        was = grant.status
+        grant.status = status
+        grant.ended_at = now
+        grant.ended_by = actor
+        grant.end_reason = reason
+        revocations = (
+            self._grant_revocations(session, grant, cutoff=now, known=known)
+            if was == "active"
+            else []
+        )
+        self._record(
+            session,
+            self._ectx(actor, meta),
+            NewEvent(
+                f"grant.{status.value}",
+                target=grant.entitlement_id,
+                decision="revoke" if status is GrantStatus.REVOKED else "end",
+                reason=reason,
+                details={
+                    "grant_id": grant.id,
+                    "person": grant.principal.email,
+                    "role_arn": grant.role_arn,
+                    "revocations": [r.id for r in revocations],
+                },
+            ),
+        )
+
+    def _grant_revocations(
+        self,
+        session: Session,
+        grant: Grant,
+        *,
+        cutoff: datetime,
+        known: _Prefetched | None = None,
+    ) -> list[Revocation]:
+        """Queue a deny for the ended grant's sessions that may still be live.
+
+        ``known`` carries the same facts prefetched for a whole batch (the scheduler ending
+        hundreds of grants at once), saving two queries per grant.
+        """
+        other_active: int | None
+        if known is not None:
+            last_expiry = known.last_expiry.get(grant.id)
+            other_active = known.others_active(grant)
+        else:
+            last_expiry = session.scalar(
+                select(func.max(IssuedSession.expires_at)).where(
+                    IssuedSession.grant_id == grant.id, IssuedSession.expires_at > cutoff
+                )
+            )
+            other_active = session.scalar(
+                select(func.count())
+                .select_from(Grant)
+                .where(
+                    Grant.principal_id == grant.principal_id,
+                    Grant.role_arn == grant.role_arn,
+                    Grant.status == GrantStatus.ACTIVE,
+                    Grant.id != grant.id,
+                )
+            )
+        if last_expiry is None:
+            return []
+        revocation = Revocation(
+            id=new_id(),
+            role_arn=grant.role_arn,
+            scope="grant" if other_active else "person",
+            source_identity=grant.principal.source_identity,
+            grant_id=grant.id,
+            principal_id=grant.principal_id,
+            cutoff=cutoff,
+            drop_after=last_expiry,
+            status=RevocationStatus.PENDING,
+            next_attempt_at=cutoff,
+            created_at=cutoff,
+        )
+        session.add(revocation)
+        session.flush()
+        return [revocation]
+
+    def _person_revocations(
+        self, session: Session, principal: Principal, *, cutoff: datetime
+    ) -> None:
+        """Queue a person-wide deny on every role where they still hold live sessions."""
+        rows = session.execute(
+            select(IssuedSession.role_arn, func.max(IssuedSession.expires_at))
+            .where(IssuedSession.principal_id == principal.id, IssuedSession.expires_at > cutoff)
+            .group_by(IssuedSession.role_arn)
+        ).all()
+        for role_arn, last_expiry in rows:
+            session.add(
+                Revocation(
+                    role_arn=role_arn,
+                    scope="person",
+                    source_identity=principal.source_identity,
+                    principal_id=principal.id,
+                    cutoff=cutoff,
+                    drop_after=last_expiry,
+                    status=RevocationStatus.PENDING,
+                    next_attempt_at=cutoff,
+                    created_at=cutoff,
+                )
+            )
+        session.flush()
+
+
+@dataclass
+class _Prefetched:
+    """Facts about a batch of grants about to end, read in two queries instead of 2 per grant."""
+
+    last_expiry: dict[str, datetime]  # grant id -> last expiry of its still-live sessions
+    active: dict[tuple[str, str], int]  # (principal, role) -> active grants, batch included
+
+    @classmethod
+    def load(cls, session: Session, grants: Sequence[Grant], *, cutoff: datetime) -> _Prefetched:
+        """Read the batch's live-session expiries and its people's active grant counts."""
+        ids = [g.id for g in grants]
+        people = {g.principal_id for g in grants}
+        last: dict[str, datetime] = {}
+        active: dict[tuple[str, str], int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for grant_id, expiry in session.execute(
+                select(IssuedSession.grant_id, func.max(IssuedSession.expires_at))
+                .where(IssuedSession.grant_id.in_(chunk), IssuedSession.expires_at > cutoff)
+                .group_by(IssuedSession.grant_id)
+            ).all():
+                last[grant_id] = expiry
+        listed = sorted(people)
+        for start in range(0, len(listed), 500):
+            for principal_id, role_arn, count in session.execute(
+                select(Grant.principal_id, Grant.role_arn, func.count())
+                .where(
+                    Grant.principal_id.in_(listed[start : start + 500]),
+                    Grant.status == GrantStatus.ACTIVE,
+                )
+                .group_by(Grant.principal_id, Grant.role_arn)
+            ).all():
+                active[(principal_id, role_arn)] = int(count)
+        return cls(last, active)
+
+    def others_active(self, grant: Grant) -> int:
+        """Active grants of this person on this role besides ``grant``, which is ending now."""
+        key = (grant.principal_id, grant.role_arn)
+        remaining = max(self.active.get(key, 0) - 1, 0)
+        self.active[key] = remaining
+        return remaining
+
+
+def _skip_locked(query: Any, database: Database) -> Any:
+    if database.dialect == "postgresql":
+        # Lock only the grant rows: a principal's other grants stay claimable by other nodes.
+        return query.with_for_update(skip_locked=True, of=Grant)
+    return query  # SQLite: BEGIN IMMEDIATE already makes this transaction the only writer
+
+
+def _covers(revocation: Revocation, session: IssuedSession) -> bool:
+    """Whether a live revocation row denies this session until it expires."""
+    if revocation.drop_after < session.expires_at:
+        return False
+    if revocation.scope == "grant":
+        return revocation.grant_id == session.grant_id
+    if revocation.scope == "person" and revocation.source_identity != session.source_identity:
+        return False
+    return revocation.cutoff >= session.issued_at

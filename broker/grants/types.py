@@ -1,0 +1,91 @@
+"""The small types the grant service speaks in: callers, request context, results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from broker.errors import (
+    PolicyDenied,
+)
+from broker.models import (
+    Grant,
+    GrantStatus,
+)
+from broker.policy import Decision, Person
+from broker.sts import (
+    IssuedCredentials,
+)
+
+LIVE = (GrantStatus.PENDING, GrantStatus.ACTIVE)
+SESSION_TAG_GRANT = "broker-grant"
+SESSION_TAG_KIND = "broker-kind"
+
+
+class ApprovalRequired(PolicyDenied):
+    """The entitlement needs an approved grant and the caller has none."""
+
+    code = "approval_required"
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Where a call came from; copied into audit events and session records."""
+
+    client: str = "api"
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated person: their policy view and their principal row id."""
+
+    person: Person
+    principal_id: str
+
+    @property
+    def email(self) -> str:
+        """The caller's email, used as the audit actor."""
+        return self.person.identity.email
+
+
+@dataclass(frozen=True)
+class Issued:
+    """Credentials handed to the caller once, with the session recorded for them."""
+
+    credentials: IssuedCredentials
+    session_id: str
+    grant_id: str
+    entitlement_id: str
+
+
+def main_reason(decision: Decision) -> str:
+    """The first (main) reason of a decision, for messages and audit events."""
+    return decision.reasons[0] if decision.reasons else decision.verdict.value
+
+
+def short_duration(delta: timedelta) -> str:
+    """A duration as 1h05m or 45m."""
+    minutes = int(delta.total_seconds()) // 60
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"
+
+
+def grant_summary(grants: Sequence[Grant]) -> list[dict[str, Any]]:
+    """JSON-ready views of grants (for the API and pages)."""
+    return [
+        {
+            "id": g.id,
+            "entitlement": g.entitlement_id,
+            "role_arn": g.role_arn,
+            "status": g.status,
+            "reason": g.reason,
+            "created_at": g.created_at.isoformat(),
+            "expires_at": g.expires_at.isoformat() if g.expires_at else None,
+            "decided_by": g.decided_by,
+        }
+        for g in grants
+    ]
