@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apibed import ADMIN_POLICY, READ_POLICY, write_policy
-from aws import create_role
+from apibed import bed_setup
 from browserbed import Site
 from oidc_provider import OidcProvider, node_modules_present
 from werkzeug.serving import make_server
@@ -26,7 +23,6 @@ from werkzeug.wrappers import Request, Response
 
 from broker import create_app
 from broker.db import Database
-from broker.models import utcnow
 
 pytestmark = pytest.mark.browser
 
@@ -164,27 +160,11 @@ def site(
     chromium: Any,
     federation: tuple[str, Federation],
 ) -> Iterator[Site]:
-    suffix = uuid.uuid4().hex[:8]
-    iam = moto_server.client("iam")
-    roles = {
-        "read": create_role(
-            iam, f"read-{suffix}", max_session_seconds=3600, policies={"read": READ_POLICY}
-        ),
-        "admin": create_role(
-            iam, f"admin-{suffix}", max_session_seconds=7200, policies={"admin": ADMIN_POLICY}
-        ),
-    }
-    policy_dir = tmp_path / "policies"
-    write_policy(policy_dir, roles, utcnow() + timedelta(minutes=40))
+    roles, _policy_dir, base = bed_setup(database.url, moto_server, tmp_path)
     endpoint, stub = federation
     app = create_app(
         {
-            "ENV": "testing",
-            "TESTING": True,
-            "DATABASE_URL": database.url,
-            "POLICY_DIR": str(policy_dir),
-            "AWS_ENDPOINT_URL": moto_server.endpoint_url,
-            "AWS_REGION": "us-east-1",
+            **base,
             "BASE_URL": broker_url,
             "OIDC_ISSUER": idp.issuer,
             "OIDC_CLIENT_ID": CLIENT_ID,

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from apibed import ADMIN_POLICY, READ_POLICY, Bed, write_policy
-from aws import create_role
+from apibed import Bed, bed_setup
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from broker import create_app
@@ -69,25 +67,9 @@ def broker_app(
     database: Database, moto: Any, tmp_path: Path, **extra: Any
 ) -> tuple[Any, dict[str, str]]:
     """The broker app over fresh moto roles and the test policy."""
-    suffix = uuid.uuid4().hex[:8]
-    iam = moto.client("iam")
-    roles = {
-        "read": create_role(
-            iam, f"read-{suffix}", max_session_seconds=3600, policies={"read": READ_POLICY}
-        ),
-        "admin": create_role(
-            iam, f"admin-{suffix}", max_session_seconds=7200, policies={"admin": ADMIN_POLICY}
-        ),
-    }
-    policy_dir = tmp_path / "policies"
-    write_policy(policy_dir, roles, utcnow() + timedelta(minutes=40))
+    roles, _policy_dir, base = bed_setup(database.url, moto, tmp_path)
     config = {
-        "ENV": "testing",
-        "TESTING": True,
-        "DATABASE_URL": database.url,
-        "POLICY_DIR": str(policy_dir),
-        "AWS_ENDPOINT_URL": moto.endpoint_url,
-        "AWS_REGION": "us-east-1",
+        **base,
         "DEVICE_POLL_INTERVAL_SECONDS": 1,
         **extra,
     }

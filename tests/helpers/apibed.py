@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -142,3 +143,37 @@ def write_policy(directory: Path, roles: dict[str, str], contractor_end: datetim
             """
         )
     )
+
+
+def create_bed_roles(moto_server: Any) -> dict[str, str]:
+    """The test company's two roles in moto, under names unique to this test."""
+    from aws import create_role
+
+    suffix = uuid.uuid4().hex[:8]
+    iam = moto_server.client("iam")
+    return {
+        "read": create_role(
+            iam, f"read-{suffix}", max_session_seconds=3600, policies={"read": READ_POLICY}
+        ),
+        "admin": create_role(
+            iam, f"admin-{suffix}", max_session_seconds=7200, policies={"admin": ADMIN_POLICY}
+        ),
+    }
+
+
+def bed_setup(
+    database_url: str, moto_server: Any, tmp_path: Path
+) -> tuple[dict[str, str], Path, dict[str, Any]]:
+    """Roles in moto, the policy written for them, and the app configuration that uses both."""
+    roles = create_bed_roles(moto_server)
+    policy_dir = tmp_path / "policies"
+    write_policy(policy_dir, roles, utcnow() + timedelta(minutes=40))
+    config: dict[str, Any] = {
+        "ENV": "testing",
+        "TESTING": True,
+        "DATABASE_URL": database_url,
+        "POLICY_DIR": str(policy_dir),
+        "AWS_ENDPOINT_URL": moto_server.endpoint_url,
+        "AWS_REGION": "us-east-1",
+    }
+    return roles, policy_dir, config

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apibed import ADMIN_POLICY, READ_POLICY, Bed, write_policy
-from aws import create_role
+from apibed import Bed, create_bed_roles, write_policy
 from iamsim import NODE_DIR, simulate
 
 from broker import create_app
@@ -60,16 +58,7 @@ def app_config(database: Database, moto: Any, policy_dir: Path, **extra: Any) ->
 @pytest.fixture
 def bed(database: Database, moto_server: Any, tmp_path: Path) -> Iterator[Bed]:
     """A broker app over a migrated database, moto roles and a matching policy."""
-    suffix = uuid.uuid4().hex[:8]
-    iam = moto_server.client("iam")
-    roles = {
-        "read": create_role(
-            iam, f"read-{suffix}", max_session_seconds=3600, policies={"read": READ_POLICY}
-        ),
-        "admin": create_role(
-            iam, f"admin-{suffix}", max_session_seconds=7200, policies={"admin": ADMIN_POLICY}
-        ),
-    }
+    roles = create_bed_roles(moto_server)
     policy_dir = tmp_path / "policies"
     write_policy(policy_dir, roles, utcnow() + timedelta(minutes=40))
     app = create_app(app_config(database, moto_server, policy_dir))

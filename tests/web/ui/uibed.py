@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from apibed import ADMIN_POLICY, READ_POLICY, write_policy
-from aws import create_role
+from apibed import bed_setup
 from flask import Flask
 from flask.testing import FlaskClient
 from webstubs import CLIENT_ID, CLIENT_SECRET, StubIssuer
 
 from broker import create_app
 from broker.db import Database
-from broker.models import utcnow
 
 DEV = {"sub": "dev", "email": "dev@example.com", "groups": ["developers"]}
 SRE = {"sub": "sam", "email": "sam@example.com", "groups": ["sre", "developers"]}
@@ -97,25 +93,9 @@ def path_of(url: str) -> str:
 def make_ui(
     database: Database, moto_server: Any, stub_issuer: StubIssuer, tmp_path: Path, **extra: Any
 ) -> Ui:
-    suffix = uuid.uuid4().hex[:8]
-    iam = moto_server.client("iam")
-    roles = {
-        "read": create_role(
-            iam, f"read-{suffix}", max_session_seconds=3600, policies={"read": READ_POLICY}
-        ),
-        "admin": create_role(
-            iam, f"admin-{suffix}", max_session_seconds=7200, policies={"admin": ADMIN_POLICY}
-        ),
-    }
-    policy_dir = tmp_path / "policies"
-    write_policy(policy_dir, roles, utcnow() + timedelta(minutes=40))
+    roles, _policy_dir, base = bed_setup(database.url, moto_server, tmp_path)
     config = {
-        "ENV": "testing",
-        "TESTING": True,
-        "DATABASE_URL": database.url,
-        "POLICY_DIR": str(policy_dir),
-        "AWS_ENDPOINT_URL": moto_server.endpoint_url,
-        "AWS_REGION": "us-east-1",
+        **base,
         "OIDC_ISSUER": stub_issuer.issuer,
         "OIDC_CLIENT_ID": CLIENT_ID,
         "OIDC_CLIENT_SECRET": CLIENT_SECRET,
