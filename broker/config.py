@@ -46,6 +46,7 @@ class Settings(BaseModel):
     SCHEDULER_SWEEP_SECONDS: float = Field(default=5.0, gt=0, le=300)
     SCHEDULER_WINDOW_SECONDS: int = Field(default=300, ge=10, le=24 * 3600)
     SCHEDULER_BATCH_SIZE: int = Field(default=200, ge=1, le=5000)
+    SCHEDULER_BATCH_PAUSE_SECONDS: float = Field(default=0.01, ge=0, le=5)
     SCHEDULER_LEASE_STALE_SECONDS: int = Field(default=30, ge=2, le=3600)
     SCHEDULER_METRICS_PORT: int | None = Field(default=None, ge=1, le=65535)
     REVOCATION_RETRY_MAX_SECONDS: int = Field(default=300, ge=1, le=3600)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -82,6 +83,8 @@ class Scheduler:
         self.sweep_seconds = float(sweep_seconds or cfg.get("SCHEDULER_SWEEP_SECONDS", 5.0))
         self.window = timedelta(seconds=int(cfg.get("SCHEDULER_WINDOW_SECONDS", 300)))
         self.batch = int(cfg.get("SCHEDULER_BATCH_SIZE", 200))
+        # A breath between full batches lets web requests take the (SQLite) write lock.
+        self.batch_pause = float(cfg.get("SCHEDULER_BATCH_PAUSE_SECONDS", 0.01))
         self.pending_ttl = timedelta(seconds=int(cfg.get("PENDING_REQUEST_TTL_SECONDS", 86400)))
         self.checkpoint_seconds = int(cfg.get("CHECKPOINT_SECONDS", 300))
         self.metrics_port: int | None = cfg.get("SCHEDULER_METRICS_PORT")
@@ -148,6 +151,7 @@ class Scheduler:
                 ended.extend(batch)
                 if len(batch) < self.batch:
                     break
+                time.sleep(self.batch_pause)
             self._expired_through = max(self._expired_through, started)
         if ended:
             log.info("expired %d grant(s)", len(ended))

@@ -20,14 +20,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not node_modules_present(), reason="run `npm ci` in tests/node"),
 ]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 USERS = [
     {
         "sub": "dev",
@@ -72,9 +64,9 @@ def web_broker(database: Database, moto_server: Any, tmp_path: Path) -> Iterator
             app.extensions["broker.db"].dispose()
 
 
-def test_device_login_approved_in_chromium(web_broker: str, workspace: Workspace) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_device_login_approved_in_chromium(
+    web_broker: str, workspace: Workspace, chromium: Any
+) -> None:
     login = subprocess.Popen(
         [workspace.broker, "login", "--url", web_broker],
         env=workspace.env,
@@ -96,25 +88,24 @@ def test_device_login_approved_in_chromium(web_broker: str, workspace: Workspace
         code = complete.rsplit("=", 1)[1]
         assert f"    {code}" in printed
 
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
-                page.goto(complete)
-                # Not signed in at the broker yet: its sign-in sends us to the IdP's login form.
-                page.wait_for_selector("input[name=login]")
-                page.fill("input[name=login]", "dev")
-                page.fill("input[name=password]", "any")
-                page.click("button[type=submit]")
-                page.wait_for_selector("#device-approve")
-                assert page.url.startswith(f"{web_broker}/device?user_code=")
-                assert page.inner_text("#device-user-code") == code
-                assert page.inner_text("#device-ip") == "127.0.0.1"
-                page.click("#device-approve")
-                page.wait_for_selector("#device-result")
-                assert page.inner_text("#device-result") == "Approved"
-            finally:
-                browser.close()
+        context = chromium.new_context()
+        try:
+            page = context.new_page()
+            page.goto(complete)
+            # Not signed in at the broker yet: its sign-in sends us to the IdP's login form.
+            page.wait_for_selector("input[name=login]")
+            page.fill("input[name=login]", "dev")
+            page.fill("input[name=password]", "any")
+            page.click("button[type=submit]")
+            page.wait_for_selector("#device-approve")
+            assert page.url.startswith(f"{web_broker}/device?user_code=")
+            assert page.inner_text("#device-user-code") == code
+            assert page.inner_text("#device-ip") == "127.0.0.1"
+            page.click("#device-approve")
+            page.wait_for_selector("#device-result")
+            assert page.inner_text("#device-result") == "Approved"
+        finally:
+            context.close()
 
         out, err = login.communicate(timeout=60)
         assert login.returncode == 0, err

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from apibed import Bed
-from conftest import (
+from schedbed import (
     issue,
     needs_iamsim,
     role_policies,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from apibed import READ_POLICY, Bed
 from aws import create_role
-from conftest import (
+from schedbed import (
     app_config,
     needs_iamsim,
     role_policies,
@@ -103,7 +103,15 @@ def test_sigkill_mid_sweep_then_restart_expires_everything_once(
         now=now,
         with_session=lambda i: i % 5 == 0,
     )
-    config = app_config(database, bed.moto, bed.policy_dir, SCHEDULER_BATCH_SIZE=10)
+    # Small batches with a pause between them make the sweep last seconds, so the kill lands
+    # inside it on any machine.
+    config = app_config(
+        database,
+        bed.moto,
+        bed.policy_dir,
+        SCHEDULER_BATCH_SIZE=10,
+        SCHEDULER_BATCH_PAUSE_SECONDS=0.1,
+    )
     first = start_scheduler_process(config, tmp_path / "first.log")
     try:
         wait_for(lambda: _count(database, Grant.status == "expired") > 0, timeout=60, interval=0.01)

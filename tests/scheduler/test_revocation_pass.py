@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from apibed import Bed
 from botocore.exceptions import ClientError
-from conftest import Clock, needs_iamsim, role_policies, session_context, simulate_sessions
+from schedbed import Clock, needs_iamsim, role_policies, session_context, simulate_sessions
 from sqlalchemy import insert, select
 
 from broker.db import get_database

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from apibed import Bed
-from conftest import ROOT, app_config, issue, role_policies, scheduler_env
+from schedbed import ROOT, app_config, issue, role_policies, scheduler_env
 from sqlalchemy import select, update
 
 from broker import create_app
