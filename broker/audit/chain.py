@@ -114,14 +114,7 @@ class AuditLog:
 
     def append(self, session: Session, context: EventContext, event: NewEvent) -> AuditEvent:
         """Lock the head, link a new event after it, and move the head. The caller commits."""
-        head = session.execute(
-            select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-        ).scalar_one_or_none()
-        if head is None:
-            raise AuditUnavailable(
-                "The audit chain head is missing, so nothing can be recorded.",
-                hint="Run `broker db upgrade`.",
-            )
+        head = _locked_head(session)
         row = AuditEvent(
             seq=head.seq + 1,
             ts=self.clock(),
@@ -142,8 +135,34 @@ class AuditLog:
         session.add(row)
         head.seq = row.seq
         head.hash = row.hash
-        session.flush()
         return row
+
+
+_HEAD_KEY = "broker.audit.head"
+
+
+def _locked_head(session: Session) -> AuditHead:
+    """The chain head, locked for this transaction (fetched once per transaction).
+
+    Once locked, the head stays ours until commit or rollback, so later appends in the same
+    transaction reuse it instead of asking the database again (a batch of expiries appends
+    hundreds of events in one transaction).
+    """
+    transaction = session.get_transaction()
+    cached = session.info.get(_HEAD_KEY)
+    if cached is not None and transaction is not None and cached[0] is transaction:
+        head: AuditHead = cached[1]
+        return head
+    found = session.execute(
+        select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
+    ).scalar_one_or_none()
+    if found is None:
+        raise AuditUnavailable(
+            "The audit chain head is missing, so nothing can be recorded.",
+            hint="Run `broker db upgrade`.",
+        )
+    session.info[_HEAD_KEY] = (transaction, found)
+    return found
 
 
 @dataclass(frozen=True)

@@ -239,8 +239,7 @@ class EndingMixin(GrantCore):
             next_attempt_at=cutoff,
             created_at=cutoff,
         )
-        session.add(revocation)
-        session.flush()
+        session.add(revocation)  # its id is set above: no flush needed, the commit batches
         return [revocation]
 
     def _person_revocations(
