@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -108,3 +109,18 @@ def test_dev_mode_issues_working_credentials(dev: dict[str, Any]) -> None:
     )
     arn = sts.get_caller_identity()["Arn"]
     assert arn.startswith("arn:aws:sts::111122223333:assumed-role/dev-readonly/broker-")
+
+
+def test_dev_mode_web_sign_in_through_the_dev_identity_provider(dev: dict[str, Any]) -> None:
+    """The real OIDC login code (PKCE, state, nonce, ID token checks) against the dev IdP."""
+    browser = requests.Session()
+    picker = browser.get(f"{dev['base']}/login", timeout=10)
+    assert picker.status_code == 200 and "Erin Engineer" in picker.text
+    assert picker.url.startswith(f"{dev['idp']}/authorize")
+    form = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', picker.text))
+    form = {k: html.unescape(v) for k, v in form.items()}
+    assert form["code_challenge_method"] == "S256" and form["nonce"] and form["state"]
+    home = browser.post(f"{dev['idp']}/authorize", data={**form, "user": "erin"}, timeout=30)
+    assert home.status_code == 200, home.text[:500]
+    assert home.url.rstrip("/") == dev["base"]
+    assert "erin@example.com" in home.text and "dev-readonly" in home.text
