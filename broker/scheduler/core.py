@@ -88,6 +88,8 @@ class Scheduler:
         self.pending_ttl = timedelta(seconds=int(cfg.get("PENDING_REQUEST_TTL_SECONDS", 86400)))
         self.checkpoint_seconds = int(cfg.get("CHECKPOINT_SECONDS", 300))
         self.metrics_port: int | None = cfg.get("SCHEDULER_METRICS_PORT")
+        # Loopback unless told otherwise: a scrape agent on the host, not the whole network.
+        self.metrics_address = str(cfg.get("SCHEDULER_METRICS_ADDRESS") or "127.0.0.1")
         iam = iam_client if iam_client is not None else services(app).iam
         revoker_args: dict[str, Any] = {"clock": clock, "max_attempts": 3, "base_delay": 0.5}
         if sleep is not None:
@@ -273,7 +275,9 @@ class Scheduler:
         if self.metrics_port:
             from prometheus_client import start_http_server
 
-            self._metrics_server, _ = start_http_server(self.metrics_port, registry=self.registry)
+            self._metrics_server, _ = start_http_server(
+                self.metrics_port, addr=self.metrics_address, registry=self.registry
+            )
         aps.start()
         log.info(
             "scheduler started (%s, holder %s, sweep every %s s)",
