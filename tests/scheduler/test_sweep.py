@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from apibed import Bed
 from schedbed import ROOT, app_config, issue, role_policies, scheduler_env
 from sqlalchemy import select, update
@@ -164,3 +167,21 @@ def test_iam_policies_command_prints_policies_for_the_policy_roles(bed: Bed) -> 
     assert "iam:PutRolePolicy" in result.output and POLICY_NAME in result.output
     bad = CliRunner().invoke(iam_policies_command, ["--role", "not-an-arn"])
     assert bad.exit_code != 0 and "not an IAM role ARN" in bad.output
+
+
+def test_scheduler_serves_its_job_counters_on_loopback(bed: Bed) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bed.app.config["SCHEDULER_METRICS_PORT"] = port
+    scheduler = Scheduler(bed.app, sweep_seconds=0.2)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 20
+        text = ""
+        while time.monotonic() < deadline and 'job="sweep"' not in text:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            time.sleep(0.2)
+        assert 'broker_scheduler_job_runs_total{job="sweep"}' in text
+    finally:
+        scheduler.stop()
