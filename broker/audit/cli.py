@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from broker.audit.chain import verify_database
+from broker.audit.chain import AuditLog, EventContext, NewEvent, verify_database
 from broker.audit.checkpoints import generate_key_pair, load_public_key
 from broker.audit.export import (
     FORMATS,
@@ -28,6 +29,7 @@ from broker.audit.verify_file import verify_file
 from broker.db import get_database
 from broker.errors import BrokerError
 from broker.models import utcnow
+from broker.policy_store import get_policy
 
 
 class Timestamp(click.ParamType):  # type: ignore[type-arg]
@@ -124,6 +126,22 @@ def export_command(
     flt = ExportFilter(since, until, person, entitlement, action)
     show_progress = output is not None and sys.stderr.isatty()
     database = get_database(current_app)
+    # The export itself is audited first (as the web download is), so who took what shows up.
+    with database.session() as session:
+        AuditLog().append(
+            session,
+            EventContext(
+                actor=f"cli:{getpass.getuser()}",
+                client="cli",
+                policy_version=get_policy(current_app).version,
+            ),
+            NewEvent(
+                "audit.export",
+                target="audit-trail",
+                decision="allow",
+                details={"format": fmt, "filters": flt.describe()},
+            ),
+        )
     with snapshot_session(database) as session, _open(output) as out:
         if not show_progress:
             for chunk in export(session, as_format(fmt), flt, now=utcnow()):

@@ -120,3 +120,10 @@ def test_cli_export_writes_each_format(app: Flask, tmp_path: Path) -> None:
     assert stdout.exit_code == 0 and stdout.output.count("auth.sign_in") == 2
     bad = runner.invoke(audit_cli, ["export", "--since", "yesterday"])
     assert bad.exit_code == 2 and "not a date or time" in bad.output
+    with get_database(app).session() as session:
+        exports = session.scalars(
+            sa.select(AuditEvent).where(AuditEvent.action == "audit.export")
+        ).all()
+    assert len(exports) == 4  # every export is itself audited, before it runs
+    assert {e.details["format"] for e in exports} == {"jsonl", "csv", "ocsf"}
+    assert all(e.client == "cli" for e in exports)
