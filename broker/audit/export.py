@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from broker.audit.chain import GENESIS, canonical_json, format_ts
@@ -201,6 +201,47 @@ def _rows(session: Session, lo: int, hi: int) -> Iterator[EventRow]:
     yield from session.connection().execute(query)
 
 
+_STORED = text(
+    "SELECT seq, ts, actor, action, target, decision, reason, ip, user_agent, client,"
+    " policy_version, CAST(details AS TEXT), prev_hash, hash FROM audit_events"
+    " WHERE seq >= :lo AND seq <= :hi ORDER BY seq"
+)
+
+
+def _stored_rows(session: Session, lo: int, hi: int) -> Iterator[EventRow]:
+    """Rows as stored, for the unfiltered export: details as their (canonical) stored text,
+    the time as the driver gives it. No type processing on the hot path."""
+    result = session.connection().execute(_STORED.bindparams(lo=lo, hi=hi))
+    while rows := result.fetchmany(BATCH):  # one driver call per batch
+        yield from rows
+
+
+def _stored_ts(value: Any) -> str:
+    if isinstance(value, str):  # SQLite keeps "YYYY-MM-DD HH:MM:SS.ffffff" (UTC)
+        return value[:10] + "T" + (value[11:] if len(value) > 19 else value[11:] + ".000000") + "Z"
+    return _ts_text(value.replace(tzinfo=UTC))  # PostgreSQL: a naive UTC datetime
+
+
+def _stored_body_json(row: EventRow) -> str:
+    """`body_json` for a `_stored_rows` row (same text: details are stored canonically)."""
+    enc = _encode_str
+    details = row[11]
+    return _BODY % (
+        enc(row[3]),
+        enc(row[2]),
+        "null" if row[9] is None else enc(row[9]),
+        "null" if row[5] is None else enc(row[5]),
+        "{}" if details is None or details == "null" else details,
+        "null" if row[7] is None else enc(row[7]),
+        "null" if row[10] is None else enc(row[10]),
+        "null" if row[6] is None else enc(row[6]),
+        row[0],
+        "null" if row[4] is None else enc(row[4]),
+        _stored_ts(row[1]),
+        "null" if row[8] is None else enc(row[8]),
+    )
+
+
 def _checkpoints(session: Session, lo: int, hi: int) -> Iterator[AuditCheckpoint]:
     query = (
         select(AuditCheckpoint)
@@ -214,8 +255,8 @@ def _checkpoints(session: Session, lo: int, hi: int) -> Iterator[AuditCheckpoint
 def _ts_text(ts: datetime) -> str:
     """`format_ts`, without strftime on the hot path (same text for UTC-aware times)."""
     if ts.tzinfo is UTC:
-        text = ts.isoformat()
-        return (text[:26] if ts.microsecond else text[:19] + ".000000") + "Z"
+        iso = ts.isoformat()
+        return (iso[:26] if ts.microsecond else iso[:19] + ".000000") + "Z"
     return format_ts(ts)
 
 
@@ -335,11 +376,14 @@ def _jsonl(
         lo, hi = window
         pending_cps = _checkpoints(session, lo, hi)
         next_cp = next(pending_cps, None)
+        next_cp_seq = next_cp.seq if next_cp is not None else -1
         gap_from: int | None = 1 if lo > 1 else None
         gap_to, gap_hash = lo - 1, ""
         read = 0
         everything = not (flt.selective or flt.since or flt.until)
-        for row in _rows(session, lo, hi):
+        rows = _stored_rows(session, lo, hi) if everything else _rows(session, lo, hi)
+        body = _stored_body_json if everything else body_json
+        for row in rows:
             seq: int = row[0]
             if seq == lo and gap_from is not None:
                 gap_hash = row[12]  # the omitted prefix ends where event `lo` links to
@@ -353,7 +397,7 @@ def _jsonl(
                     '{"type":"event","seq":' + str(seq)
                     + ',"prev_hash":"' + row[12]
                     + '","hash":"' + row[13]
-                    + '","body":' + body_json(row)
+                    + '","body":' + body(row)
                     + "}\n"
                 )  # fmt: skip
                 events += 1
@@ -363,7 +407,7 @@ def _jsonl(
                     gap_from = seq
                 gap_to, gap_hash = seq, row[13]
             # A checkpoint follows the line of its seq, so a gap is cut where one falls.
-            while next_cp is not None and next_cp.seq == seq:
+            while next_cp_seq == seq and next_cp is not None:
                 if gap_from is not None:
                     out.append(_gap_line(gap_from, gap_to, gap_hash))
                     gaps += 1
@@ -373,6 +417,7 @@ def _jsonl(
                 checkpoints += 1
                 lines += 1
                 next_cp = next(pending_cps, None)
+                next_cp_seq = next_cp.seq if next_cp is not None else -1
             last_seq = seq
             read += 1
             if read == BATCH:
