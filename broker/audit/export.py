@@ -20,7 +20,7 @@ from typing import Any, Literal
 from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
-from broker.audit.chain import GENESIS, canonical_json, format_ts
+from broker.audit.chain import CHAINED_FIELDS, GENESIS, canonical_json, format_ts
 from broker.audit.checkpoints import checkpoint_record
 from broker.audit.ocsf import to_ocsf
 from broker.db import Database
@@ -34,17 +34,7 @@ BATCH = 2000
 EventRow = Sequence[Any]
 
 CSV_COLUMNS = (
-    "seq",
-    "ts",
-    "actor",
-    "action",
-    "target",
-    "decision",
-    "reason",
-    "ip",
-    "user_agent",
-    "client",
-    "policy_version",
+    *CHAINED_FIELDS[:-1],  # seq … policy_version: the event as chained, then what joins it
     "entitlement",
     "grant_id",
     "role_session_name",
@@ -224,22 +214,9 @@ def _stored_ts(value: Any) -> str:
 
 def _stored_body_json(row: EventRow) -> str:
     """`body_json` for a `_stored_rows` row (same text: details are stored canonically)."""
-    enc = _encode_str
     details = row[11]
-    return _BODY % (
-        enc(row[3]),
-        enc(row[2]),
-        "null" if row[9] is None else enc(row[9]),
-        "null" if row[5] is None else enc(row[5]),
-        "{}" if details is None or details == "null" else details,
-        "null" if row[7] is None else enc(row[7]),
-        "null" if row[10] is None else enc(row[10]),
-        "null" if row[6] is None else enc(row[6]),
-        row[0],
-        "null" if row[4] is None else enc(row[4]),
-        _stored_ts(row[1]),
-        "null" if row[8] is None else enc(row[8]),
-    )
+    stored = "{}" if details is None or details == "null" else details
+    return _body_text(row, stored, _stored_ts(row[1]))
 
 
 def _checkpoints(session: Session, lo: int, hi: int) -> Iterator[AuditCheckpoint]:
@@ -266,20 +243,24 @@ def body_json(row: EventRow) -> str:
     Keys in sorted order: action, actor, client, decision, details, ip, policy_version, reason,
     seq, target, ts, user_agent. Tests pin this to `canonical_json(event_body(...))`.
     """
-    enc = _encode_str
     details = row[11]
+    return _body_text(row, _CANONICAL.encode(details) if details else "{}", _ts_text(row[1]))
+
+
+def _body_text(row: EventRow, details: str, ts: str) -> str:
+    enc = _encode_str
     return _BODY % (
         enc(row[3]),
         enc(row[2]),
         "null" if row[9] is None else enc(row[9]),
         "null" if row[5] is None else enc(row[5]),
-        _CANONICAL.encode(details) if details else "{}",
+        details,
         "null" if row[7] is None else enc(row[7]),
         "null" if row[10] is None else enc(row[10]),
         "null" if row[6] is None else enc(row[6]),
         row[0],
         "null" if row[4] is None else enc(row[4]),
-        _ts_text(row[1]),
+        ts,
         "null" if row[8] is None else enc(row[8]),
     )
 

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from broker.errors import BadRequest
+from broker.errors import BadRequest, NotFound
 from broker.grants import Caller, GrantService, grant_summary
 from broker.policy import Decision, describe_person, format_duration, parse_duration
 from broker.services import grant_service
@@ -155,30 +155,19 @@ def approvals() -> Response:
     return jsonify(grants=grant_summary(service.pending_for_approver(caller)))
 
 
-@bp.post("/grants/<grant_id>/approve")
-def approve(grant_id: str) -> Response:
-    """Approve a pending request."""
+@bp.post("/grants/<grant_id>/<action>")
+def decide(grant_id: str, action: str) -> Response:
+    """Approve or deny a pending request, or revoke a grant early (owner or admin)."""
+    if action not in ("approve", "deny", "revoke"):
+        raise NotFound(f"No action {action!r} on grants; use approve, deny or revoke.")
     service, caller = _service_and_caller()
     body: DecisionBody = _body(DecisionBody)
-    grant = service.approve(caller, grant_id, comment=body.comment, meta=request_meta())
-    return jsonify(grant=grant_summary([grant])[0])
-
-
-@bp.post("/grants/<grant_id>/deny")
-def deny(grant_id: str) -> Response:
-    """Deny a pending request."""
-    service, caller = _service_and_caller()
-    body: DecisionBody = _body(DecisionBody)
-    grant = service.deny(caller, grant_id, comment=body.comment, meta=request_meta())
-    return jsonify(grant=grant_summary([grant])[0])
-
-
-@bp.post("/grants/<grant_id>/revoke")
-def revoke(grant_id: str) -> Response:
-    """End a grant early (its owner or an admin)."""
-    service, caller = _service_and_caller()
-    body: DecisionBody = _body(DecisionBody)
-    grant = service.revoke(caller, grant_id, reason=body.comment, meta=request_meta())
+    meta = request_meta()
+    if action == "revoke":
+        grant = service.revoke(caller, grant_id, reason=body.comment, meta=meta)
+    else:
+        step = service.approve if action == "approve" else service.deny
+        grant = step(caller, grant_id, comment=body.comment, meta=meta)
     return jsonify(grant=grant_summary([grant])[0])
 
 

@@ -213,3 +213,10 @@ def test_issuance_is_rate_limited_per_person(bed: Bed) -> None:
     assert limited.status_code == 429 and limited.json["code"] == "rate_limited"
     other = bed.token("other@example.com", DEV)
     assert _issue(bed, other).status_code == 201  # per person, not global
+
+
+def test_unknown_grant_action_is_a_clear_404(bed: Bed) -> None:
+    token = bed.token("dev@example.com", DEV)
+    response = bed.call("POST", "/grants/abc/explode", token, json={})
+    assert response.status_code == 404 and response.json["code"] == "not_found"
+    assert "approve, deny or revoke" in response.json["message"]
