@@ -18,9 +18,12 @@ from sqlalchemy import select, update
 
 from broker import create_app
 from broker.db import get_database
+from broker.grants import RequestMeta
 from broker.models import AuditEvent, Grant, Principal, Revocation, utcnow
+from broker.policy import Identity
 from broker.revocation import POLICY_NAME
 from broker.scheduler import Scheduler, SchedulerAlreadyRunning
+from broker.services import grant_service
 
 
 def _actions(bed: Bed) -> list[str]:
@@ -185,3 +188,35 @@ def test_scheduler_serves_its_job_counters_on_loopback(bed: Bed) -> None:
         assert 'broker_scheduler_job_runs_total{job="sweep"}' in text
     finally:
         scheduler.stop()
+
+
+def test_admin_cut_off_denies_every_role_the_person_holds_sessions_for(bed: Bed) -> None:
+    dev = bed.token("dev@example.com", ("developers",))
+    other = bed.token("other@example.com", ("developers",))
+    issue(bed, dev, "app-read")
+    issue(bed, dev, "prod-read")  # same role, another entitlement and grant
+    issue(bed, other, "app-read")
+    admin = Identity(
+        issuer="urn:test",
+        subject="sec@example.com",
+        email="sec@example.com",
+        groups=frozenset({"security-admins"}),
+    )
+    with bed.app.test_request_context():
+        service = grant_service()
+        caller = service.sign_in(admin, RequestMeta())
+        with get_database().session() as session:
+            dev_id = session.scalar(
+                select(Principal.id).where(Principal.email == "dev@example.com")
+            )
+        assert service.cut_off(caller, str(dev_id), reason="left", meta=RequestMeta()) == 2
+    Scheduler(bed.app).sweep()
+    policy = role_policies(bed.moto.client("iam"), bed.roles["read"])[POLICY_NAME]
+    people = [
+        who
+        for statement in policy["Statement"]
+        for who in statement["Condition"].get("StringEquals", {}).get("aws:SourceIdentity", [])
+    ]
+    assert people == ["dev@example.com"]  # the cut-off person, nobody else
+    assert bed.call("GET", "/me", dev).status_code in (401, 403)  # and their token is dead
+    assert issue(bed, other, "app-read")["source_identity"] == "other@example.com"
