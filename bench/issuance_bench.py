@@ -28,7 +28,6 @@ from aws import MotoServer, create_role  # noqa: E402
 
 from broker import create_app  # noqa: E402
 from broker.auth import tokens  # noqa: E402
-from broker.auth.principals import sync_principal  # noqa: E402
 from broker.db import Database, get_database  # noqa: E402
 from broker.migrate import upgrade  # noqa: E402
 from broker.models import utcnow  # noqa: E402
@@ -87,15 +86,8 @@ def broker_issue(db_url: str, policy_dir: Path, moto: MotoServer, n: int) -> lis
         )
         person = get_policy().evaluator.resolve(identity)
         with get_database().session() as session:
-            principal = sync_principal(session, person, now=utcnow())
-            token, _ = tokens.mint(
-                session,
-                principal,
-                name="bench",
-                kind="admin",
-                ttl=timedelta(hours=1),
-                now=utcnow(),
-                claims={"groups": ["bench"], "sub": "b", "email": "bench@example.com"},
+            token, _ = tokens.mint_for_person(
+                session, person, name="bench", kind="admin", ttl=timedelta(hours=1), now=utcnow()
             )
     client = app.test_client()
     headers = {"Authorization": f"Bearer {token}"}

@@ -8,7 +8,6 @@ from flask.cli import with_appcontext
 
 from broker.audit import AuditLog, EventContext, NewEvent
 from broker.auth import tokens
-from broker.auth.principals import sync_principal
 from broker.db import get_database
 from broker.models import utcnow
 from broker.policy import Identity, parse_duration
@@ -44,27 +43,15 @@ def mint_command(email: str, groups: str, amr: str, ttl: str, name: str) -> None
     snapshot = get_policy(current_app)
     person = snapshot.evaluator.resolve(identity)
     with get_database(current_app).session() as session:
-        principal = sync_principal(session, person, now=now)
-        plaintext, row = tokens.mint(
-            session,
-            principal,
-            name=name,
-            kind="admin",
-            ttl=parse_duration(ttl),
-            now=now,
-            claims={
-                "groups": group_list,
-                "amr": amr_list,
-                "sub": identity.subject,
-                "email": email.lower(),
-            },
+        plaintext, row = tokens.mint_for_person(
+            session, person, name=name, kind="admin", ttl=parse_duration(ttl), now=now
         )
         AuditLog().append(
             session,
             EventContext(actor="admin-cli", client="cli", policy_version=snapshot.version),
             NewEvent(
                 "token.mint",
-                target=principal.email,
+                target=person.identity.email,
                 decision="allow",
                 details={"token_id": row.id, "expires_at": row.expires_at.isoformat()},
             ),

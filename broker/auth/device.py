@@ -157,23 +157,6 @@ def normalize_user_code(entered: str) -> str | None:
     return f"{letters[:4]}-{letters[4:]}"
 
 
-def claims_snapshot(caller: Caller) -> dict[str, Any]:
-    """The approving person's claims, frozen into the device token."""
-    identity = caller.person.identity
-    claims: dict[str, Any] = {
-        "sub": identity.subject,
-        "email": identity.email,
-        "groups": sorted(identity.groups),
-        "amr": list(identity.amr),
-    }
-    if identity.acr is not None:
-        claims["acr"] = identity.acr
-    name = identity.claims.get("name")
-    if isinstance(name, str):
-        claims["name"] = name
-    return claims
-
-
 class DeviceFlow:
     """Start, decide and redeem device authorizations; every state change is audited."""
 
@@ -367,7 +350,7 @@ class DeviceFlow:
         with self._attempt(entered, caller, meta) as (session, row):
             row.status = APPROVED
             row.principal_id = caller.principal_id
-            row.claims = claims_snapshot(caller)
+            row.claims = tokens.claims_snapshot(caller.person.identity)
             row.decided_at = self.clock()
             self._record_decision(session, caller, meta, row, "device.approve", "allow")
             return _view(row)

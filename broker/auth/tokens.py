@@ -11,8 +11,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from broker.auth.principals import sync_principal
 from broker.errors import Unauthenticated
 from broker.models import ApiToken, Principal
+from broker.policy import Identity, Person
 
 PREFIX = "brk_"
 
@@ -51,6 +53,38 @@ def mint(
     session.add(row)
     session.flush()
     return plaintext, row
+
+
+def claims_snapshot(identity: Identity) -> dict[str, Any]:
+    """The person's claims as a token carries them (groups, MFA) for later policy decisions."""
+    claims: dict[str, Any] = {
+        "sub": identity.subject,
+        "email": identity.email,
+        "groups": sorted(identity.groups),
+        "amr": list(identity.amr),
+    }
+    if identity.acr is not None:
+        claims["acr"] = identity.acr
+    name = identity.claims.get("name")
+    if isinstance(name, str):
+        claims["name"] = name
+    return claims
+
+
+def mint_for_person(
+    session: Session, person: Person, *, name: str, kind: str, ttl: timedelta, now: datetime
+) -> tuple[str, ApiToken]:
+    """Record the person as a principal and mint a token carrying their claims."""
+    principal = sync_principal(session, person, now=now)
+    return mint(
+        session,
+        principal,
+        name=name,
+        kind=kind,
+        ttl=ttl,
+        now=now,
+        claims=claims_snapshot(person.identity),
+    )
 
 
 def authenticate(session: Session, plaintext: str, *, now: datetime) -> tuple[ApiToken, Principal]:

@@ -13,7 +13,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from broker.auth import tokens
-from broker.auth.principals import sync_principal
 from broker.db import get_database
 from broker.models import utcnow
 from broker.policy import Identity
@@ -59,20 +58,8 @@ class Bed:
             with self.app.app_context():
                 person = get_policy().evaluator.resolve(identity)
                 with get_database().session() as session:
-                    principal = sync_principal(session, person, now=utcnow())
-                    plaintext, _ = tokens.mint(
-                        session,
-                        principal,
-                        name="test",
-                        kind="admin",
-                        ttl=ttl,
-                        now=utcnow(),
-                        claims={
-                            "groups": list(groups),
-                            "amr": list(amr),
-                            "sub": email,
-                            "email": email,
-                        },
+                    plaintext, _ = tokens.mint_for_person(
+                        session, person, name="test", kind="admin", ttl=ttl, now=utcnow()
                     )
             self.tokens[key] = plaintext
         return self.tokens[key]
