@@ -70,9 +70,8 @@ def approver(live: LiveBroker, seen: list[str]) -> Callable[[float], None]:
     return sleep
 
 
-def run_login(cli: Cli, live: LiveBroker, workspace: Workspace, store: Store) -> Result:
-    seen: list[str] = []
-    state = ClientState(store=store, sleep=approver(live, seen), browser=lambda url: False)
+def code_spy_session(seen: list[str]) -> requests.Session:
+    """An HTTP session that notes each user code the broker hands out."""
     original = requests.Session.request
 
     def spy(self: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
@@ -83,6 +82,13 @@ def run_login(cli: Cli, live: LiveBroker, workspace: Workspace, store: Store) ->
 
     session = requests.Session()
     session.request = spy.__get__(session)  # type: ignore[method-assign]
+    return session
+
+
+def run_login(cli: Cli, live: LiveBroker, workspace: Workspace, store: Store) -> Result:
+    seen: list[str] = []
+    state = ClientState(store=store, sleep=approver(live, seen), browser=lambda url: False)
+    session = code_spy_session(seen)
     state.session = session
     return cli("login", "--url", live.url + "/", "--no-browser", state=state)
 
@@ -161,16 +167,7 @@ def test_login_denied_in_browser(cli: Cli, live: LiveBroker, workspace: Workspac
                 device_flow().deny(seen[0], person, RequestMeta())
             seen[0] = "done"
 
-    original = requests.Session.request
-
-    def spy(self: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
-        response = original(self, method, url, **kwargs)
-        if url.endswith("/oauth/device_authorization"):
-            seen.append(response.json()["user_code"])
-        return response
-
-    session = requests.Session()
-    session.request = spy.__get__(session)  # type: ignore[method-assign]
+    session = code_spy_session(seen)
     state = ClientState(
         store=workspace.store(), sleep=deny, browser=lambda url: False, session=session
     )
