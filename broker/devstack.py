@@ -21,7 +21,7 @@ import click
 from broker.audit.checkpoints import PRIVATE_KEY_FILE, generate_key_pair
 from broker.aws import make_client, parse_role_arn
 from broker.devidp import DEMO_USERS, DevIdentityProvider
-from broker.policy import load_policy_dir
+from broker.iam_setup import roles_in_policy_dir, trust_policy
 
 DEV_ACCOUNT = "111122223333"
 READ_ONLY_ACTIONS = [
@@ -37,20 +37,6 @@ READ_ONLY_ACTIONS = [
 ]
 CALLBACK_PATHS = ("/auth/callback", "/login/callback", "/oidc/callback")
 log = logging.getLogger(__name__)
-
-
-def trust_policy(account: str) -> dict[str, Any]:
-    """Trust policy letting the broker's account assume, set source identity and tag sessions."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"],
-            }
-        ],
-    }
 
 
 def role_permissions(role_name: str) -> dict[str, Any]:
@@ -98,7 +84,7 @@ class DevStack:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         self.aws_endpoint = f"http://{host}:{port}"
-        roles = self.create_roles()
+        self.create_roles()
         secret = self.idp.register_client(
             "broker-dev",
             tuple(f"{self.base_url}{p}" for p in CALLBACK_PATHS),
@@ -121,22 +107,23 @@ class DevStack:
             "OIDC_ALLOWED_ALGS": ("RS256",),
             "AUDIT_SIGNING_KEY_FILE": str(key_file),
             "CHECKPOINT_SECONDS": 60,
-            "DEV_ROLES": roles,
         }
         return self.config
 
     def create_roles(self) -> list[str]:
         """Create every role the policy names (idempotent)."""
-        loaded = load_policy_dir(self.policy_dir)
         iam = make_client("iam", region="us-east-1", endpoint_url=self.aws_endpoint, timeout=10)
-        created = []
-        for entitlement in loaded.policy.entitlements:
-            arn = parse_role_arn(entitlement.role_arn)
+        roles = roles_in_policy_dir(self.policy_dir)
+        for role_arn in roles:
+            arn = parse_role_arn(role_arn)
             try:
                 iam.create_role(
                     RoleName=arn.name,
                     Path=arn.path,
-                    AssumeRolePolicyDocument=json.dumps(trust_policy(arn.account)),
+                    # The trust policy `broker iam-policies` prints for real deployments.
+                    AssumeRolePolicyDocument=json.dumps(
+                        trust_policy(f"arn:aws:iam::{arn.account}:root")
+                    ),
                     MaxSessionDuration=43200,
                 )
                 iam.put_role_policy(
@@ -146,8 +133,7 @@ class DevStack:
                 )
             except iam.exceptions.EntityAlreadyExistsException:
                 pass
-            created.append(entitlement.role_arn)
-        return sorted(set(created))
+        return roles
 
     def _signing_key(self) -> Path:
         """The dev audit signing key (generated once, kept in the instance folder)."""

@@ -110,12 +110,8 @@ class GrantService(IssuingMixin, EndingMixin):
 
     def cut_off(self, admin: Caller, principal_id: str, *, reason: str, meta: RequestMeta) -> int:
         """Kill switch: disable a person, end all their grants, revoke their tokens and sessions."""
-        if not self.policy.evaluator.is_admin(admin.person):
-            raise Forbidden("Only broker admins may cut a person off.")
         with self._tx() as session:
-            principal = session.get(Principal, principal_id, with_for_update=True)
-            if principal is None:
-                raise NotFound(f"No person {principal_id}.")
+            principal = self._person_for_admin(session, admin, principal_id)
             principal.disabled = True
             principal.disabled_reason = reason
             now = self.clock()
@@ -143,12 +139,8 @@ class GrantService(IssuingMixin, EndingMixin):
 
     def restore(self, admin: Caller, principal_id: str, *, meta: RequestMeta) -> None:
         """Re-enable a person who was cut off."""
-        if not self.policy.evaluator.is_admin(admin.person):
-            raise Forbidden("Only broker admins may re-enable a person.")
         with self._tx() as session:
-            principal = session.get(Principal, principal_id, with_for_update=True)
-            if principal is None:
-                raise NotFound(f"No person {principal_id}.")
+            principal = self._person_for_admin(session, admin, principal_id)
             principal.disabled = False
             principal.disabled_reason = None
             self._record(
@@ -156,6 +148,15 @@ class GrantService(IssuingMixin, EndingMixin):
                 self._ectx(admin.email, meta),
                 NewEvent("principal.restore", target=principal.email, decision="allow"),
             )
+
+    def _person_for_admin(self, session: Session, admin: Caller, principal_id: str) -> Principal:
+        """The person row, locked, when the caller is a broker admin."""
+        if not self.policy.evaluator.is_admin(admin.person):
+            raise Forbidden("Only broker admins may cut a person off or re-enable them.")
+        principal = session.get(Principal, principal_id, with_for_update=True)
+        if principal is None:
+            raise NotFound(f"No person {principal_id}.")
+        return principal
 
     def list_grants(self, caller: Caller, *, include_ended: bool = False) -> list[Grant]:
         """The caller's grants, newest first."""
