@@ -236,6 +236,10 @@ class Entitlement(_Strict):
     session_policy: Annotated[dict[str, Any], AfterValidator(_session_policy)] | None = None
     managed_policy_arns: tuple[PolicyArn, ...] = Field(default=(), max_length=10)
     network: Network | None = None
+    sensitive: StrictBool = Field(
+        default=False,
+        description="`broker policy diff` exits 3 when access to this entitlement widens",
+    )
 
     @property
     def grant_length(self) -> timedelta:
