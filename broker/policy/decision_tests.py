@@ -16,7 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from broker.policy.evaluator import Decision, Evaluator, Identity, RequestContext, Verdict
 from broker.policy.issues import PolicyIssue, PolicyLoadError, validation_issues
-from broker.policy.loader import read_yaml_file, yaml_files
+from broker.policy.loader import read_policy_bytes, read_yaml_file, yaml_files
 from broker.policy.yamlsource import line_of
 
 TESTS_SUBDIR = "tests"
@@ -105,7 +105,11 @@ def load_cases(directory: str | Path) -> list[tuple[str, DecisionCase]]:
     issues: list[PolicyIssue] = []
     cases: list[tuple[str, DecisionCase]] = []
     for path in paths:
-        node, data, problems = read_yaml_file(path, path.read_bytes())
+        raw = read_policy_bytes(path)
+        if isinstance(raw, PolicyIssue):
+            issues.append(raw)
+            continue
+        node, data, problems = read_yaml_file(path, raw)
         issues.extend(problems)
         if node is None:
             if not problems:

@@ -3,6 +3,10 @@
 Every file is parsed and validated, and every problem in every file is reported at once, each
 pointing at the line of the offending YAML node. Any error means nothing is loaded: the caller
 keeps the last good policy (or refuses to start).
+
+Reading is bounded (MAX_FILE_BYTES per file, MAX_ENTITLEMENTS in all, plus the YAML limits in
+yamlsource), and the people and deny sections must each be present in some file: an empty list
+says "none, on purpose", so a deleted people.yaml or deny.yaml cannot pass for an empty one.
 """
 
 from __future__ import annotations
@@ -21,9 +25,25 @@ from broker.policy.issues import PolicyIssue, PolicyLoadError, validation_issues
 from broker.policy.model import PolicyFile, PolicySet
 from broker.policy.yamlsource import YamlProblem, line_of, parse_yaml, paused_gc
 
-__all__ = ["LoadedPolicy", "PolicyIssue", "PolicyLoadError", "load_policy_dir", "read_yaml_file"]
+__all__ = [
+    "LoadedPolicy",
+    "PolicyIssue",
+    "PolicyLoadError",
+    "load_policy_dir",
+    "read_policy_bytes",
+    "read_yaml_file",
+]
 
 POLICY_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 1024 * 1024
+"""Largest policy file read; 10,000 entitlements fit in a few files of this size."""
+MAX_ENTITLEMENTS = 20_000
+"""Most entitlements in all files together (twice what the policy benchmark loads in < 1 s)."""
+REQUIRED_SECTIONS = {
+    "people": "people rules",
+    "deny": "deny rules",
+}
+"""Top-level keys some file must have, even as an empty list, with what they hold."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,7 @@ class _File:
     display: str
     name: str
     node: Node | None
+    data: object = None
     parsed: PolicyFile | None = None
 
     def line(self, loc: tuple[str | int, ...]) -> int | None:
@@ -61,17 +82,36 @@ def yaml_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in POLICY_SUFFIXES and p.is_file())
 
 
+def read_policy_bytes(path: Path) -> bytes | PolicyIssue:
+    """Read a file of at most MAX_FILE_BYTES; return its bytes, or the problem."""
+    try:
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return PolicyIssue(str(path), None, f"cannot read the file ({exc.strerror})")
+    if len(raw) > MAX_FILE_BYTES:
+        return PolicyIssue(
+            str(path),
+            None,
+            f"file is larger than {MAX_FILE_BYTES // 2**20} MiB; split it into several policy "
+            "files (every *.yaml file in the directory is read)",
+        )
+    return raw
+
+
 def read_yaml_file(path: Path, raw: bytes) -> tuple[Node | None, object, list[PolicyIssue]]:
     """Parse a file's bytes; return (node tree, data, problems found on the way)."""
     display = str(path)
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, None, [PolicyIssue(display, None, f"not UTF-8 text ({exc}); save as UTF-8")]
+        line = raw.count(b"\n", 0, exc.start) + 1
+        message = f"not UTF-8 text (byte {raw[exc.start]:#04x} {exc.reason}); save as UTF-8"
+        return None, None, [PolicyIssue(display, line, message)]
     try:
         node, data, duplicates = parse_yaml(raw)  # bytes parse faster than str in libyaml
     except YamlProblem as exc:
-        return None, None, [PolicyIssue(display, exc.line, f"invalid YAML: {exc.message}")]
+        return None, None, [PolicyIssue(display, exc.line, exc.message)]
     return node, data, [PolicyIssue(display, line, message) for line, message in duplicates]
 
 
@@ -103,9 +143,18 @@ def load_policy_dir(path: str | Path) -> LoadedPolicy:
     with paused_gc():
         files: list[_File] = []
         for file_path in paths:
-            raw = file_path.read_bytes()
+            raw = read_policy_bytes(file_path)
+            if isinstance(raw, PolicyIssue):
+                issues.append(raw)
+                files.append(_File(str(file_path), file_path.name, None))
+                continue
             digest.update(file_path.name.encode() + b"\0" + raw + b"\0")
             files.append(_parse(file_path, raw, issues))
+        if not _within_entitlement_cap(files, issues):
+            raise PolicyLoadError(issues)
+        for file in files:
+            _validate(file, issues)
+        _required_sections(directory, files, issues)
         parsed = [f for f in files if f.parsed is not None]
         origins = _cross_checks(directory, parsed, issues)
         policy = PolicySet.from_files([f.parsed for f in parsed if f.parsed], origins)
@@ -132,11 +181,54 @@ def _parse(file_path: Path, raw: bytes, issues: list[PolicyIssue]) -> _File:
             PolicyIssue(display, 1, f"file is {what}; a policy file is a mapping with version: 1")
         )
         return result
-    try:
-        result.parsed = PolicyFile.model_validate(data)
-    except ValidationError as exc:
-        issues.extend(validation_issues(display, node, exc))
+    result.data = data
     return result
+
+
+def _validate(file: _File, issues: list[PolicyIssue]) -> None:
+    if file.data is None:
+        return
+    try:
+        file.parsed = PolicyFile.model_validate(file.data)
+    except ValidationError as exc:
+        issues.extend(validation_issues(file.display, file.node, exc))
+
+
+def _within_entitlement_cap(files: list[_File], issues: list[PolicyIssue]) -> bool:
+    """Count entitlements before validating any (validation is the costly part)."""
+    total = 0
+    for file in files:
+        lines = file.item_lines("entitlements")
+        if total + len(lines) > MAX_ENTITLEMENTS:
+            issues.append(
+                PolicyIssue(
+                    file.display,
+                    lines[MAX_ENTITLEMENTS - total],
+                    f"more than {MAX_ENTITLEMENTS:,} entitlements in the policy files (this "
+                    f"is number {MAX_ENTITLEMENTS + 1:,}); not loaded, as a policy this big is "
+                    "more likely generated by mistake than written on purpose",
+                )
+            )
+            return False
+        total += len(lines)
+    return True
+
+
+def _required_sections(directory: Path, files: list[_File], issues: list[PolicyIssue]) -> None:
+    """A section no file mentions is an error: a lost file must not read as "no rules"."""
+    if any(not isinstance(f.data, dict) for f in files):
+        return  # a file that could not be read may hold the section; its own error says why
+    for key, what in REQUIRED_SECTIONS.items():
+        if not any(key in f.data for f in files if isinstance(f.data, dict)):
+            issues.append(
+                PolicyIssue(
+                    str(directory),
+                    None,
+                    f"no policy file has a `{key}:` section, so {key}.yaml may have been "
+                    f"deleted or not copied; if there are no {what} on purpose, add {key}.yaml "
+                    f"holding `version: 1` and `{key}: []`",
+                )
+            )
 
 
 def _cross_checks(directory: Path, files: list[_File], issues: list[PolicyIssue]) -> dict[str, str]:

@@ -32,6 +32,8 @@ def test_check_rejects_a_bad_directory_with_path_and_line(tmp_path: Path) -> Non
         "    role_arn: arn:aws:iam::111122223333:role/prod-readonly\n"
         "    allow: {groups: [sre]}\n"
         "    max_duration: 13h\n"
+        "people: []\n"
+        "deny: []\n"
     )
     code, out, err = run("check", str(tmp_path))
     assert code == 1
@@ -47,6 +49,7 @@ def test_check_prints_warnings_but_passes(tmp_path: Path) -> None:
         "  - {id: dev, role_arn: 'arn:aws:iam::111122223333:role/dev', allow: {everyone: true}}\n"
         "deny:\n"
         "  - {match: {kinds: [contractor]}, entitlements: [prod-*]}\n"
+        "people: []\n"
     )
     code, _, err = run("check", str(tmp_path))
     assert code == 0
