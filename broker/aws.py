@@ -1,7 +1,10 @@
 """Building boto3 clients the broker's way, and reading role ARNs.
 
-Clients are made with botocore's own retries switched off (one attempt): the services decide
-what is worth retrying (STS throttling, IAM's eventual consistency) and say so in the audit trail.
+Clients are made with botocore's own retries switched off, so one call is one request on the
+wire: the services decide what is worth retrying (STS throttling, IAM's eventual consistency).
+botocore's ``max_attempts`` counts *retries* (``max_attempts: 1`` sends up to two requests);
+``total_max_attempts`` counts requests, and an explicit value also overrides AWS_MAX_ATTEMPTS
+and ``max_attempts`` in ~/.aws/config.
 Nothing here runs at import time; callers build clients from settings and pass them in.
 """
 
@@ -53,9 +56,9 @@ def is_policy_arn(arn: str) -> bool:
 
 
 def client_config(timeout: float) -> Config:
-    """botocore settings for broker clients: one attempt, bounded connect and read time."""
+    """botocore settings for broker clients: one request per call, bounded connect and read time."""
     return Config(
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=timeout,
         read_timeout=timeout,
     )

@@ -12,6 +12,7 @@ from broker.sts.duration import clamp_duration
 from broker.sts.errors import (
     AwsAccessDenied,
     AwsError,
+    AwsOutcomeUnknown,
     AwsRegionDisabled,
     AwsThrottled,
     AwsUnreachable,
@@ -52,6 +53,7 @@ __all__ = [
     "AssumeRequest",
     "AwsAccessDenied",
     "AwsError",
+    "AwsOutcomeUnknown",
     "AwsRegionDisabled",
     "AwsThrottled",
     "AwsUnreachable",

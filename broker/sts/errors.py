@@ -72,3 +72,19 @@ class AwsUnreachable(ServiceUnavailable):
     """The STS endpoint could not be reached or did not answer in time."""
 
     code = "aws_unreachable"
+
+
+class AwsOutcomeUnknown(AwsUnreachable):
+    """AssumeRole was sent but its answer was lost: AWS may have made the session; never retried.
+
+    ``role_arn`` and ``role_session_name`` say which session may exist, so it can be denied.
+    """
+
+    code = "aws_outcome_unknown"
+
+    def __init__(
+        self, message: str, *, role_arn: str, role_session_name: str, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.role_arn = role_arn
+        self.role_session_name = role_session_name

@@ -1,4 +1,12 @@
-"""StsIssuer: check every limit, call AssumeRole, retry throttling only, map AWS errors."""
+"""StsIssuer: check every limit, call AssumeRole, retry only errors AWS answered, map AWS errors.
+
+One attempt is one request on the wire (`broker.aws.client_config` switches botocore's retries
+off). An attempt is repeated only when AWS answered it with throttling or an internal error: then
+AWS handed out no credentials, so a new attempt cannot make a second live session. When the answer
+is lost (read timeout, dropped connection, a gateway's 502/504), AWS may have made the session,
+and a new attempt would make another: that is never retried, and AwsOutcomeUnknown says which
+session may exist.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +20,10 @@ from typing import Any
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
-    ReadTimeoutError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ProxyConnectionError,
 )
 from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
@@ -24,6 +34,7 @@ from broker.policy.iam import SESSION_POLICY_MAX_CHARS, policy_json_compact
 from broker.sts.errors import (
     AwsAccessDenied,
     AwsError,
+    AwsOutcomeUnknown,
     AwsRegionDisabled,
     AwsThrottled,
     AwsUnreachable,
@@ -35,6 +46,7 @@ from broker.sts.limits import (
     MAX_DURATION,
     MAX_MANAGED_POLICY_ARNS,
     MIN_DURATION,
+    SERVER_ERROR_CODES,
     THROTTLING_CODES,
     name_problems,
     network_problems,
@@ -49,7 +61,8 @@ class StsIssuer:
     """Checks AssumeRole requests against STS limits, calls STS, and explains its errors.
 
     Pass a client from `broker.aws.make_client` (botocore retries off): this class retries
-    throttling itself, with exponential backoff and jitter, and nothing else.
+    throttling and AWS internal errors itself, with exponential backoff and jitter, and nothing
+    else; ``max_attempts`` counts every request sent.
     """
 
     def __init__(
@@ -106,7 +119,11 @@ class StsIssuer:
             raise StsLimitError(problems)
 
     def assume(self, req: AssumeRequest) -> IssuedCredentials:
-        """Check the request, call AssumeRole (retrying throttling only), return the credentials."""
+        """Check the request, call AssumeRole (retrying only AWS's own errors), return credentials.
+
+        Raises AwsOutcomeUnknown, without retrying, when AWS may have made a session the broker
+        never heard of.
+        """
         self.check(req)
         params = self._params(req)
         response = self._call_with_retries(req, params)
@@ -152,30 +169,35 @@ class StsIssuer:
             try:
                 return self._sts.assume_role(**params)
             except ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                if code not in THROTTLING_CODES:
+                error = exc.response.get("Error", {})
+                code = str(error.get("Code", ""))
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+                if code not in THROTTLING_CODES | SERVER_ERROR_CODES:
+                    if status >= 500:
+                        raise _outcome_unknown(req, f"HTTP {status} without an AWS error") from exc
                     raise _client_error(req.role_arn, code, exc) from exc
                 if attempt == self._max_attempts:
-                    raise AwsThrottled(
-                        f"AWS STS throttled AssumeRole on {req.role_arn} {attempt} times in a row.",
-                        hint="Retry in a minute; if it persists, the account's STS request rate "
-                        "is exhausted.",
-                    ) from exc
+                    raise _gave_up(req.role_arn, code, attempt) from exc
                 delay = self._backoff(attempt)
                 log.warning(
-                    "STS throttled AssumeRole on %s (%s), attempt %d of %d; retrying in %.2fs",
+                    "STS answered AssumeRole on %s with %s (HTTP %d), attempt %d of %d; "
+                    "retrying in %.2fs",
                     req.role_arn,
                     code,
+                    status,
                     attempt,
                     self._max_attempts,
                     delay,
                 )
                 self._sleep(delay)
-            except (BotoConnectionError, ReadTimeoutError, ConnectionClosedError) as exc:
+            except (EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
                 raise AwsUnreachable(
-                    f"AWS STS could not be reached to assume {req.role_arn}: {exc}.",
+                    f"AWS STS could not be reached to assume {req.role_arn}: {exc}. Nothing was "
+                    "sent.",
                     hint="Check the broker's network path and STS endpoint setting, then retry.",
                 ) from exc
+            except (BotoConnectionError, HTTPClientError) as exc:  # read timeout, dropped, ...
+                raise _outcome_unknown(req, str(exc)) from exc
             except BotoCoreError as exc:
                 raise AwsError(
                     f"AssumeRole on {req.role_arn} failed in the AWS client: {exc}.",
@@ -187,6 +209,39 @@ class StsIssuer:
         # Equal jitter: half the exponential step fixed, half random, so delays always grow.
         step = self._base_delay * (1 << (attempt - 1))
         return step / 2 + self._random.uniform(0, step / 2)
+
+
+def _outcome_unknown(req: AssumeRequest, what: str) -> AwsOutcomeUnknown:
+    log.error(
+        "AssumeRole on %s for %s got no answer (%s): AWS may have made session %s; not retried",
+        req.role_arn,
+        req.source_identity,
+        what,
+        req.role_session_name,
+    )
+    return AwsOutcomeUnknown(
+        f"AWS STS did not answer AssumeRole on {req.role_arn} ({what}); it may have made "
+        f"session {req.role_session_name} anyway, so the call was not repeated.",
+        role_arn=req.role_arn,
+        role_session_name=req.role_session_name,
+        hint="Ask again in a moment: a new request makes a new session. Check the broker's "
+        "network path to STS if this repeats.",
+    )
+
+
+def _gave_up(role_arn: str, code: str, attempts: int) -> Exception:
+    if code in THROTTLING_CODES:
+        return AwsThrottled(
+            f"AWS STS throttled AssumeRole on {role_arn} {attempts} times in a row.",
+            hint="Retry in a minute; if it persists, the account's STS request rate is exhausted.",
+        )
+    return AwsError(
+        f"AWS STS failed AssumeRole on {role_arn} with an internal error ({code}) {attempts} "
+        "times in a row.",
+        aws_code=code,
+        hint="The fault is on AWS's side, not in the request; retry in a minute, and check the "
+        "AWS Health Dashboard if it persists.",
+    )
 
 
 def _client_error(role_arn: str, code: str, exc: ClientError) -> Exception:

@@ -26,6 +26,11 @@ MAX_TAG_VALUE = 256
 THROTTLING_CODES = frozenset(
     {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
 )
+# AWS's own names for an internal failure. A 5xx without one of these may come from a proxy or
+# load balancer in between (502, 504) that lost STS's answer, so it does not count as an answer.
+SERVER_ERROR_CODES = frozenset(
+    {"InternalFailure", "InternalError", "InternalServerError", "ServiceUnavailable"}
+)
 
 _NAME_RE = re.compile(r"^[\w+=,.@-]{2,64}$", re.ASCII)
 NAME_CHAR_RE = re.compile(r"[^\w+=,.@-]", re.ASCII)

@@ -74,7 +74,7 @@ class MotoServer:
             aws_access_key_id=access_key_id or DUMMY_CREDENTIALS["aws_access_key_id"],
             aws_secret_access_key=secret_access_key or DUMMY_CREDENTIALS["aws_secret_access_key"],
             aws_session_token=session_token,
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}),
+            config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
         )
 
     def __enter__(self) -> MotoServer:
