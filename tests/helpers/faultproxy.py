@@ -54,6 +54,11 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
+    def queue(self, *faults: Fault) -> None:
+        """Answer the next requests with these faults, in order (then forward again)."""
+        with self._lock:
+            self._script.extend(faults)
+
     def _next(self, action: str) -> Fault:
         with self._lock:
             self.calls.append(action)

@@ -46,7 +46,7 @@ def role_arn(iam: Any, request: pytest.FixtureRequest) -> str:
 def proxied(
     moto_server: MotoServer, boto_session: boto3.session.Session
 ) -> Iterator[tuple[FaultProxy, Any]]:
-    """A proxy in front of moto (script empty: forward all) and a broker STS client using it."""
+    """A proxy in front of moto (forwarding until told otherwise) and a broker STS client."""
     with FaultProxy(moto_server.endpoint_url, hold_seconds=READ_TIMEOUT * 4) as proxy:
         client = make_client(
             "sts",
@@ -69,10 +69,6 @@ def request_for(role_arn: str) -> AssumeRequest:
     )
 
 
-def script(proxy: FaultProxy, *faults: Fault) -> None:
-    proxy._script.extend(faults)
-
-
 def test_client_config_sends_each_call_once() -> None:
     assert client_config(3).retries == {"total_max_attempts": 1, "mode": "standard"}
 
@@ -90,7 +86,7 @@ def test_each_attempt_on_an_aws_error_is_one_wire_call(
     proxied: tuple[FaultProxy, Any], role_arn: str, fault: Fault, error: type[Exception]
 ) -> None:
     proxy, client = proxied
-    script(proxy, fault, fault, fault)
+    proxy.queue(fault, fault, fault)
     with pytest.raises(error):
         StsIssuer(client, sleep=no_sleep, max_attempts=3).assume(request_for(role_arn))
     assert proxy.calls == ["AssumeRole"] * 3
@@ -102,7 +98,7 @@ def test_an_aws_error_then_success_issues_once(
     proxied: tuple[FaultProxy, Any], role_arn: str, fault: Fault
 ) -> None:
     proxy, client = proxied
-    script(proxy, fault)
+    proxy.queue(fault)
     slept: list[float] = []
     issued = StsIssuer(client, sleep=slept.append, max_attempts=3).assume(request_for(role_arn))
     assert issued.access_key_id
@@ -116,7 +112,7 @@ def test_a_lost_answer_is_never_retried(
     proxied: tuple[FaultProxy, Any], role_arn: str, fault: Fault
 ) -> None:
     proxy, client = proxied
-    script(proxy, fault)
+    proxy.queue(fault)
     req = request_for(role_arn)
     with pytest.raises(AwsOutcomeUnknown) as info:
         StsIssuer(client, sleep=fail_sleep, max_attempts=4).assume(req)
@@ -132,7 +128,7 @@ def test_a_gateway_error_is_not_taken_for_an_aws_answer(
     proxied: tuple[FaultProxy, Any], role_arn: str
 ) -> None:
     proxy, client = proxied
-    script(proxy, "gateway")
+    proxy.queue("gateway")
     with pytest.raises(AwsOutcomeUnknown, match="HTTP 504 without an AWS error"):
         StsIssuer(client, sleep=fail_sleep, max_attempts=4).assume(request_for(role_arn))
     assert proxy.calls == ["AssumeRole"]
