@@ -1,8 +1,9 @@
-"""`broker policy ...`: check, explain and test the policy files, and print their schema."""
+"""`broker policy ...`: check, explain, test and diff the policy files, and print their schema."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from broker.policy import (
     run_cases,
     tests_dir,
 )
+from broker.policy.diff import RENDERERS, diff_policies, load_directory
+from broker.policy.diff.revisions import GitError, Side, git_sides, relabel
 
 DEFAULT_DIR = "policies"
 _DIR = click.Path(path_type=Path)
@@ -63,7 +66,7 @@ def _claims(values: tuple[str, ...]) -> dict[str, object]:
 
 @click.group(name="policy")
 def policy() -> None:
-    """Check, explain and test the access policy files."""
+    """Check, explain, test and diff the access policy files."""
 
 
 @policy.command()
@@ -157,3 +160,100 @@ def run_tests(directory: Path, verbose: bool) -> None:
 def schema() -> None:
     """Print the JSON Schema of a policy file (point your editor's YAML support at it)."""
     click.echo(json.dumps(policy_json_schema(), indent=2))
+
+
+def _load_side(side: Side, *, warn: bool) -> LoadedPolicy | None:
+    """Load one side of a diff, or print its problems (as `check` does) and return None."""
+    try:
+        loaded = load_policy_dir(side.directory)
+    except PolicyLoadError as exc:
+        for issue in relabel(exc.issues, side.directory, side.label):
+            click.echo(str(issue), err=True)
+        count = len(exc.errors)
+        click.echo(
+            f"{side.label}: {count} error{'s' if count != 1 else ''}; not loaded, so no diff",
+            err=True,
+        )
+        return None
+    for warning in relabel(loaded.warnings, side.directory, side.label) if warn else ():
+        click.echo(str(warning), err=True)
+    return loaded
+
+
+@policy.command()
+@click.argument("directories", nargs=-1, type=_DIR, metavar="[OLD NEW | DIR]")
+@click.option("--base", help="Git revision of the old side (default: merge base of HEAD and main).")
+@click.option("--head", help="Git revision of the new side (default: the files on disk).")
+@click.option(
+    "--directory",
+    "--people",
+    "people_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="People to state the diff for: YAML, JSON or CSV of email, groups, kind.",
+)
+@click.option(
+    "--sensitive",
+    "sensitive_globs",
+    multiple=True,
+    metavar="GLOB",
+    help="Entitlement ids to treat as sensitive, besides those marked sensitive: true.",
+)
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(sorted(RENDERERS)),
+    default="text",
+    show_default=True,
+)
+@click.option("--at", "at", type=click.DateTime(), help="Decide at this UTC time (default now).")
+def diff(
+    directories: tuple[Path, ...],
+    base: str | None,
+    head: str | None,
+    people_file: Path | None,
+    sensitive_globs: tuple[str, ...],
+    output_format: str,
+    at: datetime | None,
+) -> None:
+    """Show how access changes between two policies: who gains or loses what, and on what terms.
+
+    \b
+    broker policy diff OLD NEW   two policy directories
+    broker policy diff [DIR]     DIR (default policies) at --base against the files on disk
+                                 (or against --head)
+
+    Exit status: 0 when access does not widen on a sensitive entitlement, 3 when it does,
+    1 on errors (a side that does not load is listed as `check` lists it), 2 on bad usage.
+    """
+    if len(directories) > 2:
+        raise click.UsageError("give two policy directories, or one directory and --base")
+    if len(directories) == 2 and (base or head):
+        raise click.UsageError("--base and --head compare git revisions of one directory (DIR)")
+    now = at.replace(tzinfo=UTC) if at else datetime.now(UTC)
+    with tempfile.TemporaryDirectory(prefix="policy-diff-") as scratch:
+        if len(directories) == 2:
+            old_side, new_side = (Side(d, str(d), str(d)) for d in directories)
+        else:
+            directory = directories[0] if directories else Path(DEFAULT_DIR)
+            try:
+                old_side, new_side = git_sides(directory, base, head, Path(scratch))
+            except GitError as exc:
+                raise click.ClickException(str(exc)) from None
+        old, new = _load_side(old_side, warn=False), _load_side(new_side, warn=True)
+    if old is None or new is None:
+        raise click.exceptions.Exit(1)
+    people = None
+    if people_file is not None:
+        try:
+            people = load_directory(people_file)
+        except PolicyLoadError as exc:
+            for issue in exc.issues:
+                click.echo(str(issue), err=True)
+            raise click.exceptions.Exit(1) from None
+    result = diff_policies(
+        old.evaluator, new.evaluator, people=people, sensitive=sensitive_globs, now=now
+    )
+    compared = f"{old_side.description} with {new_side.description}"
+    click.echo(RENDERERS[output_format](result, compared), nl=False)
+    if result.exit_code:
+        raise click.exceptions.Exit(result.exit_code)
