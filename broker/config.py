@@ -39,6 +39,10 @@ class Settings(BaseModel):
     OIDC_GROUPS_CLAIM: str = "groups"
     OIDC_ALLOWED_ALGS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
     OIDC_SCOPES: str = "openid email profile groups"
+    OIDC_EMAIL_VERIFIED_OPTIONAL_ISSUERS: tuple[str, ...] = ()
+    OIDC_JWKS_REFETCH_SECONDS: float = Field(default=60.0, ge=0, le=3600)
+    OIDC_ID_TOKEN_MAX_AGE_SECONDS: int = Field(default=3600, ge=60, le=24 * 3600)
+    CLAIMS_MAX_AGE_SECONDS: int = Field(default=15 * 60, ge=1, le=12 * 3600)
     API_TOKEN_TTL_SECONDS: int = Field(default=12 * 3600, ge=300, le=7 * 24 * 3600)
     MAX_CONTENT_LENGTH: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
     PENDING_REQUEST_TTL_SECONDS: int = Field(default=24 * 3600, ge=300)
@@ -71,6 +75,13 @@ class Settings(BaseModel):
     def _known_database(cls, value: str) -> str:
         if value and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")
+        return value
+
+    @field_validator("OIDC_EMAIL_VERIFIED_OPTIONAL_ISSUERS", mode="before")
+    @classmethod
+    def _split_issuers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
         return value
 
     @field_validator("OIDC_ALLOWED_ALGS", mode="before")

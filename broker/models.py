@@ -80,7 +80,11 @@ class RevocationStatus(StrEnum):
 
 
 class Principal(Base):
-    """A person as the identity provider knows them."""
+    """A person as the identity provider knows them: (issuer, subject) is the person.
+
+    Email and groups are attributes, refreshed from the provider; `source_identity` is derived
+    once, when the row is created, and never changes (AWS sees it; revocations match on it).
+    """
 
     __tablename__ = "principals"
     __table_args__ = (UniqueConstraint("issuer", "subject"),)
@@ -99,6 +103,14 @@ class Principal(Base):
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claims: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The person's attributes as the provider last stated them (never authentication context)."""
+    claims_at: Mapped[datetime | None]
+    """When the provider last stated them: decisions refuse claims older than CLAIMS_MAX_AGE."""
+    idp_tokens: Mapped[str | None] = mapped_column(Text)
+    """The provider's access/refresh tokens, encrypted with a key derived from SECRET_KEY."""
+    signed_out_at: Mapped[datetime | None]
+    """ID tokens issued before this moment are no longer accepted as API bearers."""
 
 
 class Grant(Base):

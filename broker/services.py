@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from flask import Flask, current_app
 
+from broker.auth.identity import ClaimRules
 from broker.auth.idtoken import IdTokenValidator
+from broker.auth.refresh import ClaimsRefresher, TokenCipher
 from broker.aws import make_client
 from broker.db import get_database
 from broker.grants import GrantService
@@ -27,6 +30,8 @@ class Services:
     issuer: StsIssuer
     role_limits: RoleLimits
     id_tokens: IdTokenValidator | None
+    refresher: ClaimsRefresher | None
+    cipher: TokenCipher
 
 
 _lock = threading.Lock()
@@ -61,6 +66,13 @@ def _build(app: Flask) -> Services:
             cfg["OIDC_ISSUER"],
             cfg["OIDC_CLIENT_ID"],
             allowed_algs=tuple(cfg.get("OIDC_ALLOWED_ALGS") or ("RS256", "ES256")),
+            jwks_refetch_seconds=float(cfg["OIDC_JWKS_REFETCH_SECONDS"]),
+            max_age_seconds=int(cfg["OIDC_ID_TOKEN_MAX_AGE_SECONDS"]),
+        )
+    refresher = None
+    if validator is not None:
+        refresher = ClaimsRefresher(
+            validator, cfg["OIDC_CLIENT_ID"], cfg.get("OIDC_CLIENT_SECRET") or None
         )
     return Services(
         sts=sts,
@@ -68,6 +80,8 @@ def _build(app: Flask) -> Services:
         issuer=StsIssuer(sts, max_attempts=int(cfg.get("STS_MAX_ATTEMPTS", 4))),
         role_limits=RoleLimits(iam),
         id_tokens=validator,
+        refresher=refresher,
+        cipher=TokenCipher(str(cfg["SECRET_KEY"])),
     )
 
 
@@ -75,4 +89,21 @@ def grant_service(app: Flask | None = None) -> GrantService:
     """A GrantService over the policy in force right now."""
     app = app or current_app
     shared = services(app)
-    return GrantService(get_database(app), get_policy(app), shared.issuer, shared.role_limits)
+    return GrantService(
+        get_database(app),
+        get_policy(app),
+        shared.issuer,
+        shared.role_limits,
+        claims_max_age=timedelta(seconds=int(app.config["CLAIMS_MAX_AGE_SECONDS"])),
+    )
+
+
+def claim_rules(app: Flask | None = None) -> ClaimRules:
+    """What the broker requires of the provider's claims under the policy in force."""
+    app = app or current_app
+    cfg = app.config
+    return ClaimRules(
+        groups_claim=str(cfg["OIDC_GROUPS_CLAIM"]),
+        require_groups=get_policy(app).loaded.policy.uses_groups,
+        email_verified_optional_issuers=tuple(cfg["OIDC_EMAIL_VERIFIED_OPTIONAL_ISSUERS"]),
+    )

@@ -83,7 +83,11 @@ def test_dev_mode_issues_working_credentials(dev: dict[str, Any]) -> None:
         BROKER_POLICY_DIR=str(ROOT / "policies"),
     )
     token = subprocess.run(
-        [BROKER, "token", "mint", "--email", "erin@example.com", "--groups", "developers"],
+        [
+            BROKER,
+            *("token", "mint", "--email", "erin@example.com", "--create"),
+            *("--groups", "developers"),
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from broker.audit import AuditLog, EventContext, NewEvent
 from broker.auth import tokens
+from broker.auth.identity import auth_context
 from broker.db import Database
 from broker.errors import AuditUnavailable, ConfigError, NotFound
 from broker.grants import Caller, RequestMeta
@@ -346,11 +347,13 @@ class DeviceFlow:
             return _view(row)
 
     def approve(self, entered: str, caller: Caller, meta: RequestMeta) -> DeviceRequest:
-        """Approve a pending request as the signed-in person; their claims go into the token."""
+        """Approve a pending request as the signed-in person; how they signed in (amr/acr) goes
+        into the token, their attributes stay on their principal row (refreshed when stale)."""
         with self._attempt(entered, caller, meta) as (session, row):
             row.status = APPROVED
             row.principal_id = caller.principal_id
-            row.claims = tokens.claims_snapshot(caller.person.identity)
+            identity = caller.person.identity
+            row.claims = auth_context({"amr": list(identity.amr), "acr": identity.acr})
             row.decided_at = self.clock()
             self._record_decision(session, caller, meta, row, "device.approve", "allow")
             return _view(row)

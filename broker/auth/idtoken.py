@@ -1,9 +1,9 @@
 """Full validation of OpenID Connect ID tokens from the configured issuer.
 
 Checks: algorithm on an asymmetric allow-list (never `none` or HS*), signature with the issuer's
-published keys (refetched once for an unknown `kid`), exact `iss`, `aud` containing the client
-id, `azp` when there are several audiences, `exp` and `iat` with a small leeway, and the nonce
-when the caller expects one.
+published keys (refetched for an unknown `kid` at most once a minute), exact `iss`, `aud`
+containing the client id, `azp` when there are several audiences, `exp` and `iat` with a small
+leeway, and the nonce when the caller expects one.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class IdTokenValidator:
         clock: Callable[[], float] = time.time,
         leeway: int = 60,
         jwks_ttl: float = 300.0,
+        jwks_refetch_seconds: float = 60.0,
+        max_age_seconds: int = 3600,
     ) -> None:
         bad = [a for a in allowed_algs if a in FORBIDDEN_ALGS]
         if bad:
@@ -61,10 +63,13 @@ class IdTokenValidator:
         self._clock = clock
         self.leeway = leeway
         self._jwks_ttl = jwks_ttl
-        self._lock = threading.Lock()
+        self._refetch_every = jwks_refetch_seconds
+        self.max_age_seconds = max_age_seconds
+        self._lock = threading.Lock()  # guards the fields below, never held across a fetch
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._keys_at = 0.0
+        self._last_fetch_at: float | None = None
 
     def metadata(self) -> dict[str, Any]:
         """The issuer's discovery document (fetched once)."""
@@ -85,14 +90,24 @@ class IdTokenValidator:
             self._metadata = doc
         return self._metadata
 
-    def _key_set(self, *, refresh: bool = False) -> KeySet:
+    def _key_set(self, *, unknown_kid: bool = False) -> KeySet:
+        """The issuer's keys: fetched when missing or older than the TTL, and for an unknown
+        `kid` at most once per `jwks_refetch_seconds` (a flood of forged kids costs one fetch)."""
+        now = self._clock()
         with self._lock:
-            stale = self._clock() - self._keys_at > self._jwks_ttl
-            if self._keys is None or refresh or stale:
-                jwks = self._http_get(self.metadata()["jwks_uri"])
-                self._keys = KeySet.import_key_set(jwks)
-                self._keys_at = self._clock()
-            return self._keys
+            keys = self._keys
+            due = keys is None or now - self._keys_at > self._jwks_ttl
+            if unknown_kid and not due:
+                last = self._last_fetch_at
+                due = last is None or now - last >= self._refetch_every
+            if not due:
+                assert keys is not None  # noqa: S101 - due is True whenever keys is None
+                return keys
+            self._last_fetch_at = now
+        fetched = KeySet.import_key_set(self._http_get(self.metadata()["jwks_uri"]))
+        with self._lock:
+            self._keys, self._keys_at = fetched, self._clock()
+        return fetched
 
     def validate(self, token: str, *, nonce: str | None = None) -> dict[str, Any]:
         """Return the token's claims, or raise InvalidIdToken saying what was wrong."""
@@ -103,7 +118,7 @@ class IdTokenValidator:
         kid = header.get("kid")
         keys = self._key_set()
         if kid is not None and not _has_kid(keys, kid):
-            keys = self._key_set(refresh=True)
+            keys = self._key_set(unknown_kid=True)
             if not _has_kid(keys, kid):
                 raise InvalidIdToken(f"ID token signed with an unknown key (kid {kid!r}).")
         try:
@@ -112,6 +127,20 @@ class IdTokenValidator:
             raise InvalidIdToken(f"ID token signature is not valid ({exc.error}).") from exc
         claims = dict(decoded.claims)
         self._check_claims(claims, nonce)
+        return claims
+
+    def validate_bearer(self, token: str) -> dict[str, Any]:
+        """Validate an ID token presented as an API bearer: also at most `max_age_seconds` old
+        (from `iat`) and, when `azp` is present, issued to this client."""
+        claims = self.validate(token)
+        age = self._clock() - float(claims["iat"])
+        if age > self.max_age_seconds:
+            raise InvalidIdToken(
+                f"This ID token was issued {int(age // 60)} minutes ago; the broker accepts ID "
+                f"tokens as bearers for {self.max_age_seconds // 60} minutes.",
+            )
+        if "azp" in claims and claims["azp"] != self.audience:
+            raise InvalidIdToken("This ID token was issued to another client (azp).")
         return claims
 
     def _check_claims(self, claims: dict[str, Any], nonce: str | None) -> None:

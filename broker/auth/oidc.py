@@ -22,8 +22,10 @@ from sqlalchemy import delete, update
 from werkzeug.wrappers import Response
 
 from broker.audit import AuditLog, EventContext, NewEvent
+from broker.auth.identity import ClaimsRefused, auth_context
 from broker.auth.idtoken import IdTokenValidator, InvalidIdToken
-from broker.auth.principals import identity_from_claims
+from broker.auth.refresh import provider_tokens
+from broker.auth.signin import sign_in_with_claims
 from broker.auth.websession import (
     SESSION_COOKIE,
     cookie_name,
@@ -32,6 +34,7 @@ from broker.auth.websession import (
     delete_cookie,
     end_session,
     hash_secret,
+    mark_signed_out,
     set_cookie,
     setting,
     start_session,
@@ -50,6 +53,8 @@ LOGIN_TTL = timedelta(minutes=10)
 BINDING_COOKIE = "browser_binding"
 CALLBACK_PATH = "/auth/callback"
 SIGNED_OUT_PATH = "/signed-out"
+# Scopes a provider may decline without weakening any decision (no refresh token: sign in again).
+OPTIONAL_SCOPES = frozenset({"offline_access"})
 
 
 class SignInFailed(Unauthenticated):
@@ -115,35 +120,47 @@ def login() -> Response:
 def callback() -> Response:
     """Finish a sign-in: check state, exchange the code, validate the ID token, start a session."""
     limit_sign_in()
-    try:
-        attempt = _claim_attempt(utcnow())
-        claims = _exchange(attempt)
-        identity = identity_from_claims(
-            claims,
-            issuer=_validator().issuer,
-            groups_claim=str(setting("OIDC_GROUPS_CLAIM")),
-        )
-        try:
-            caller = grant_service().sign_in(identity, web_meta())
-        except Forbidden as exc:
-            _audit_failure("cut_off", exc.message, actor=identity.email)
-            raise
-    except SignInFailed as exc:
-        _audit_failure(exc.reason, exc.message)
-        raise
     now = utcnow()
+    issuer = _validator().issuer
+    actor = "anonymous"
+    try:
+        attempt = _claim_attempt(now)
+        claims, token = _exchange(attempt)
+        actor = str(claims.get("email") or f"sub:{claims.get('sub')}")
+        _check_granted_scope(token)
+        try:
+            caller = sign_in_with_claims(
+                grant_service(),
+                claims,
+                web_meta(),
+                issuer=issuer,
+                claims_at=now,
+                idp_tokens=provider_tokens(token, now),
+            )
+        except ClaimsRefused as exc:
+            raise SignInFailed(exc.reason, exc.message, hint=exc.hint) from exc
+    except SignInFailed as exc:
+        _audit_failure(exc.reason, exc.message, actor=actor)
+        raise
+    except Forbidden as exc:
+        _audit_failure("cut_off", exc.message, actor=actor)
+        raise
     previous = current_session()
     if previous is not None:
         end_session(previous.id_hash, now=now)
-    value, id_hash = start_session(caller.principal_id, claims, now=now)
+    kept = {"iss": issuer, "sub": claims["sub"], "email": caller.email, **auth_context(claims)}
+    value, id_hash = start_session(caller.principal_id, kept, now=now)
+    identity = caller.person.identity
     _audit(
         caller.email,
         NewEvent(
             "auth.sign_in",
-            target=identity.issuer,
+            target=issuer,
             decision="allow",
             details={
                 "session_ref": id_hash[:16],
+                "subject": identity.subject,
+                "source_identity": caller.source_identity,
                 "amr": list(identity.amr),
                 "acr": identity.acr,
                 "groups": sorted(identity.groups),
@@ -160,6 +177,8 @@ def callback() -> Response:
 def logout() -> Response:
     """End the broker session, then the provider's session when it offers an end-session URL."""
     active = current_session()
+    if active is not None:
+        mark_signed_out(active.principal_id, now=utcnow())
     if active is not None and end_session(active.id_hash, now=utcnow()):
         _audit(
             str(active.claims.get("email") or active.claims.get("sub") or "unknown"),
@@ -247,7 +266,7 @@ def _claim_attempt(now: datetime) -> ClaimedAttempt:
     return attempt
 
 
-def _exchange(attempt: ClaimedAttempt) -> dict[str, Any]:
+def _exchange(attempt: ClaimedAttempt) -> tuple[dict[str, Any], dict[str, Any]]:
     """Trade the code (with the PKCE verifier) for tokens and validate the ID token."""
     code = request.args.get("code")
     if not code:
@@ -270,9 +289,29 @@ def _exchange(attempt: ClaimedAttempt) -> dict[str, Any]:
     if not isinstance(id_token, str):
         raise SignInFailed("invalid_id_token", "The identity provider returned no ID token.")
     try:
-        return validator.validate(id_token, nonce=attempt.nonce)
+        return validator.validate(id_token, nonce=attempt.nonce), dict(token)
     except InvalidIdToken as exc:
         raise SignInFailed("invalid_id_token", exc.message) from exc
+
+
+def _check_granted_scope(token: dict[str, Any]) -> None:
+    """Refuse a sign-in where the provider granted fewer scopes than the broker asked for.
+
+    Someone who edits the sign-in URL's `scope` (dropping `email` or `groups`) gets an ID token
+    without those claims; the claim checks refuse that too, this names the cause.
+    """
+    granted = token.get("scope")
+    if not isinstance(granted, str):
+        return  # the provider granted exactly what was asked (RFC 6749 5.1)
+    wanted = set(str(setting("OIDC_SCOPES")).split()) - OPTIONAL_SCOPES
+    missing = sorted(wanted - set(granted.split()))
+    if missing:
+        raise SignInFailed(
+            "scope_not_granted",
+            f"The identity provider did not grant the scope(s) {', '.join(missing)} the broker "
+            "asks for, so it cannot check who you are.",
+            hint="Start again from the broker's sign-in page without editing the sign-in link.",
+        )
 
 
 def _provider_error() -> SignInFailed:

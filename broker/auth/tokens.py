@@ -11,10 +11,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from broker.auth.principals import sync_principal
+from broker.auth.identity import attributes_of, auth_context
+from broker.auth.principals import record_claims
 from broker.errors import Unauthenticated
 from broker.models import ApiToken, Principal
-from broker.policy import Identity, Person
+from broker.policy import Person
 
 PREFIX = "brk_"
 
@@ -55,36 +56,16 @@ def mint(
     return plaintext, row
 
 
-def claims_snapshot(identity: Identity) -> dict[str, Any]:
-    """The person's claims as a token carries them (groups, MFA) for later policy decisions."""
-    claims: dict[str, Any] = {
-        "sub": identity.subject,
-        "email": identity.email,
-        "groups": sorted(identity.groups),
-        "amr": list(identity.amr),
-    }
-    if identity.acr is not None:
-        claims["acr"] = identity.acr
-    name = identity.claims.get("name")
-    if isinstance(name, str):
-        claims["name"] = name
-    return claims
-
-
 def mint_for_person(
     session: Session, person: Person, *, name: str, kind: str, ttl: timedelta, now: datetime
 ) -> tuple[str, ApiToken]:
-    """Record the person as a principal and mint a token carrying their claims."""
-    principal = sync_principal(session, person, now=now)
-    return mint(
-        session,
-        principal,
-        name=name,
-        kind=kind,
-        ttl=ttl,
-        now=now,
-        claims=claims_snapshot(person.identity),
+    """Record the person (claims as of now) and mint a token carrying their sign-in context."""
+    principal = record_claims(
+        session, person, attributes_of(person.identity), claims_at=now, now=now
     )
+    identity = person.identity
+    context = auth_context({"amr": list(identity.amr), "acr": identity.acr})
+    return mint(session, principal, name=name, kind=kind, ttl=ttl, now=now, claims=context)
 
 
 def authenticate(session: Session, plaintext: str, *, now: datetime) -> tuple[ApiToken, Principal]:

@@ -3,8 +3,9 @@
 The cookie value is 256 random bits; the database keeps only its SHA-256, so a read of the
 `web_sessions` table does not let anyone take a session over. A session ends at whichever
 comes first: logout, `SESSION_IDLE_SECONDS` without a request, `SESSION_ABSOLUTE_SECONDS`
-after sign-in. Every request re-resolves the person through `GrantService.sign_in`, so a
-person cut off by an admin loses their browser session on their next click.
+after sign-in. Every request re-resolves the person from their principal row (claims refreshed
+from the provider when stale), so a person cut off by an admin loses their browser session on
+their next click, and one whose claims cannot be refreshed is sent to sign in again.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from flask import Response, current_app, g, redirect, request
 from sqlalchemy import update
 from werkzeug.wrappers import Response as BaseResponse
 
-from broker.auth.principals import identity_from_claims
+from broker.auth.identity import ClaimsRefused, StaleClaims, auth_context
+from broker.auth.signin import caller_for
 from broker.config import Settings
 from broker.db import get_database
 from broker.errors import Forbidden
 from broker.grants import Caller, RequestMeta
-from broker.models import WebSession, utcnow
+from broker.models import Principal, WebSession, utcnow
 from broker.services import grant_service
 
 P = ParamSpec("P")
@@ -128,6 +130,14 @@ def end_session(id_hash: str, *, now: datetime) -> bool:
         return bool(getattr(result, "rowcount", 0))
 
 
+def mark_signed_out(principal_id: str, *, now: datetime) -> None:
+    """From now on, ID tokens issued to this person before `now` are refused as API bearers."""
+    with get_database().session() as session:
+        session.execute(
+            update(Principal).where(Principal.id == principal_id).values(signed_out_at=now)
+        )
+
+
 def web_meta() -> RequestMeta:
     """Where the current browser request came from (for audit events)."""
     return RequestMeta(
@@ -176,20 +186,19 @@ def current_caller() -> Caller | None:
     active = current_session()
     caller = None
     if active is not None:
-        claims = active.claims
-        identity = identity_from_claims(
-            claims,
-            issuer=str(claims.get("iss", "")).rstrip("/"),
-            groups_claim=str(setting("OIDC_GROUPS_CLAIM")),
-        )
         try:
-            caller = grant_service().sign_in(identity, web_meta())
+            caller = caller_for(
+                grant_service(), active.principal_id, auth_context(active.claims), web_meta()
+            )
         except Forbidden:
             end_session(active.id_hash, now=utcnow())
             g.web_session = None
             raise
-        if caller.principal_id != active.principal_id:
-            caller = None  # the session belongs to someone else: never mix people up
+        except (StaleClaims, ClaimsRefused):
+            # The provider can no longer vouch for what we know of this person: sign in again.
+            end_session(active.id_hash, now=utcnow())
+            g.web_session = None
+            caller = None
     g.web_caller = caller
     return caller
 

@@ -55,8 +55,10 @@ class GrantCore:
         *,
         audit: AuditLog | None = None,
         clock: Callable[[], datetime] = utcnow,
+        claims_max_age: timedelta = timedelta(minutes=15),
     ) -> None:
         self.db = database
+        self.claims_max_age = claims_max_age
         self.policy = policy
         self.issuer = issuer
         self.role_limits = role_limits

@@ -8,18 +8,22 @@ stored, logged or audited.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from broker.audit import NewEvent
-from broker.auth.principals import sync_principal
+from broker.auth.identity import LOCAL_ISSUER, StaleClaims, attributes_of, identity_of
+from broker.auth.principals import find_principal, record_claims
 from broker.auth.tokens import revoke_for_principals
 from broker.errors import (
     Conflict,
     Forbidden,
     NotFound,
+    Unauthenticated,
 )
 from broker.grants.ending import EndingMixin
 from broker.grants.issuing import IssuingMixin
@@ -27,6 +31,7 @@ from broker.grants.types import (
     LIVE,
     Caller,
     RequestMeta,
+    short_duration,
 )
 from broker.models import (
     Grant,
@@ -41,17 +46,86 @@ class GrantService(IssuingMixin, EndingMixin):
 
     # -- people -----------------------------------------------------------------------------
 
-    def sign_in(self, identity: Identity, meta: RequestMeta) -> Caller:
-        """Resolve an authenticated identity against the policy and record the principal."""
+    def sign_in(
+        self,
+        identity: Identity,
+        meta: RequestMeta,
+        *,
+        claims_at: datetime | None = None,
+        idp_tokens: str | None = None,
+    ) -> Caller:
+        """Record what the provider just stated about a person (as of `claims_at`) and return
+        them as a Caller; the identity's attributes must already have passed `person_claims`.
+
+        `idp_tokens` (sealed) replace the provider tokens kept for refreshing these claims.
+        """
+        now = self.clock()
         person = self.policy.evaluator.resolve(identity)
         with self._tx() as session:
-            principal = sync_principal(session, person, now=self.clock())
-            if principal.disabled:
-                raise Forbidden(
-                    "Your access to the broker has been cut off by an administrator.",
-                    hint="Contact your security team.",
+            before = find_principal(session, identity.issuer, identity.subject)
+            old_email = before.email if before is not None else None
+            principal = record_claims(
+                session, person, attributes_of(identity), claims_at=claims_at or now, now=now
+            )
+            if idp_tokens is not None:
+                principal.idp_tokens = idp_tokens
+            if old_email is not None and old_email != principal.email:
+                self._record(
+                    session,
+                    self._ectx(principal.email, meta),
+                    NewEvent(
+                        "principal.email_change",
+                        target=principal.email,
+                        decision="allow",
+                        reason="the identity provider now states another email for this person",
+                        details={
+                            "principal_id": principal.id,
+                            "previous_email": old_email,
+                            "source_identity": principal.source_identity,
+                        },
+                    ),
                 )
-            return Caller(person, principal.id)
+            return self._caller(principal, identity.amr, identity.acr)
+
+    def caller_for(self, principal_id: str, auth: Mapping[str, Any], meta: RequestMeta) -> Caller:
+        """The person behind a session or token (`auth` holds that sign-in's amr/acr)."""
+        with self.db.read_session() as session:
+            principal = session.get(Principal, principal_id)
+            if principal is None:
+                raise Unauthenticated("This sign-in belongs to nobody the broker knows.")
+            amr = auth.get("amr") or []
+            acr = auth.get("acr")
+            return self._caller(
+                principal, tuple(str(a) for a in amr), str(acr) if acr is not None else None
+            )
+
+    def _caller(self, principal: Principal, amr: tuple[str, ...], acr: str | None) -> Caller:
+        """Refuse a cut-off person or stale claims; else the person as the policy sees them."""
+        if principal.disabled:
+            raise Forbidden(
+                "Your access to the broker has been cut off by an administrator.",
+                hint="Contact your security team.",
+            )
+        if self.claims_stale(principal):
+            raise StaleClaims(
+                "What the broker knows of your groups and email is older than "
+                f"{short_duration(self.claims_max_age)} and could not be refreshed.",
+                hint="Sign in again (`broker login` for the CLI).",
+            )
+        auth = {"amr": list(amr), "acr": acr} if acr is not None else {"amr": list(amr)}
+        identity = identity_of(principal.issuer, principal.subject, principal.claims, auth)
+        person = self.policy.evaluator.resolve(identity)
+        return Caller(person, principal.id, principal.source_identity)
+
+    def claims_stale(self, principal: Principal) -> bool:
+        """True when the provider's claims about this person are past the freshness bound.
+
+        People an admin declared in the broker itself (LOCAL_ISSUER) have no provider to ask.
+        """
+        if principal.issuer == LOCAL_ISSUER:
+            return False
+        stated = principal.claims_at
+        return stated is None or self.clock() - stated > self.claims_max_age
 
     def entitlements(self, caller: Caller, meta: RequestMeta) -> list[Decision]:
         """Every entitlement and the decision for this caller (allowed ones and why not)."""
@@ -109,21 +183,29 @@ class GrantService(IssuingMixin, EndingMixin):
             return grant
 
     def cut_off(self, admin: Caller, principal_id: str, *, reason: str, meta: RequestMeta) -> int:
-        """Kill switch: disable a person, end all their grants, revoke their tokens and sessions."""
+        """Kill switch: disable a person, end all their grants, revoke their tokens and sessions.
+
+        A broker-local identity sharing the person's email is cut off with them: the switch
+        acts on the person, whichever rows their tokens belong to.
+        """
         with self._tx() as session:
             principal = self._person_for_admin(session, admin, principal_id)
-            principal.disabled = True
-            principal.disabled_reason = reason
             now = self.clock()
-            grants = session.scalars(
-                select(Grant)
-                .where(Grant.principal_id == principal_id, Grant.status.in_(LIVE))
-                .with_for_update()
-            ).all()
-            for grant in grants:
-                self._end(session, grant, GrantStatus.REVOKED, admin.email, reason, meta)
-            revoke_for_principals(session, [principal_id], now=now)
-            self._person_revocations(session, principal, cutoff=now)
+            rows = [principal, *self._same_email(session, principal)]
+            ended = 0
+            for row in rows:
+                row.disabled = True
+                row.disabled_reason = reason
+                grants = session.scalars(
+                    select(Grant)
+                    .where(Grant.principal_id == row.id, Grant.status.in_(LIVE))
+                    .with_for_update()
+                ).all()
+                for grant in grants:
+                    self._end(session, grant, GrantStatus.REVOKED, admin.email, reason, meta)
+                ended += len(grants)
+                self._person_revocations(session, row, cutoff=now)
+            revoke_for_principals(session, [row.id for row in rows], now=now)
             self._record(
                 session,
                 self._ectx(admin.email, meta),
@@ -132,10 +214,28 @@ class GrantService(IssuingMixin, EndingMixin):
                     target=principal.email,
                     decision="revoke",
                     reason=reason,
-                    details={"grants_revoked": len(grants)},
+                    details={
+                        "grants_revoked": ended,
+                        "principal_ids": [row.id for row in rows],
+                        "source_identities": sorted({row.source_identity for row in rows}),
+                    },
                 ),
             )
-            return len(grants)
+            return ended
+
+    @staticmethod
+    def _same_email(session: Session, principal: Principal) -> list[Principal]:
+        """Other rows with this person's email (a broker-local identity beside a provider one)."""
+        return list(
+            session.scalars(
+                select(Principal)
+                .where(
+                    func.lower(Principal.email) == principal.email.lower(),
+                    Principal.id != principal.id,
+                )
+                .with_for_update()
+            ).all()
+        )
 
     def restore(self, admin: Caller, principal_id: str, *, meta: RequestMeta) -> None:
         """Re-enable a person who was cut off."""
@@ -175,7 +275,7 @@ class GrantService(IssuingMixin, EndingMixin):
         return [
             g
             for g in rows
-            if g.principal_id != approver.principal_id
+            if not _same_person(g.principal, approver)
             and self.policy.evaluator.can_approve(approver.person, g.entitlement_id)
         ]
 
@@ -191,7 +291,7 @@ class GrantService(IssuingMixin, EndingMixin):
         now = self.clock()
         with self._tx() as session:
             grant = self._lock_grant(session, grant_id)
-            if grant.principal_id == approver.principal_id:
+            if _same_person(grant.principal, approver):
                 raise Forbidden("You cannot approve or deny your own request.")
             if not self.policy.evaluator.can_approve(approver.person, grant.entitlement_id):
                 raise Forbidden(f"You are not an approver for {grant.entitlement_id}.")
@@ -224,10 +324,12 @@ class GrantService(IssuingMixin, EndingMixin):
         principal = grant.principal
         if principal.disabled:
             raise Conflict("The requester has been cut off; the request cannot be approved.")
-        identity = Identity(
-            issuer=principal.issuer,
-            subject=principal.subject,
-            email=principal.email,
-            groups=frozenset(principal.groups or []),
-        )
+        identity = identity_of(principal.issuer, principal.subject, principal.claims, {})
         return self.policy.evaluator.resolve(identity)
+
+
+def _same_person(requester: Principal, approver: Caller) -> bool:
+    """True when the approver is the requester: the same row, or the same email on another."""
+    return (
+        requester.id == approver.principal_id or requester.email.lower() == approver.email.lower()
+    )

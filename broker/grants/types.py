@@ -41,10 +41,11 @@ class RequestMeta:
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated person: their policy view and their principal row id."""
+    """An authenticated person: their policy view, principal row id and SourceIdentity."""
 
     person: Person
     principal_id: str
+    source_identity: str
 
     @property
     def email(self) -> str:

@@ -9,7 +9,6 @@ into "needs an approver". Everything not allowed this way is denied.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence, Set
@@ -25,7 +24,6 @@ from broker.policy.model import KINDS, Entitlement, PolicySet
 STRONG_AMR = frozenset(
     {"mfa", "otp", "hwk", "swk", "sc", "pop", "fpt", "face", "iris", "retina", "vbm"}
 )
-_SOURCE_IDENTITY_RE = re.compile(r"^[\w+=,.@-]{2,64}$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -49,17 +47,6 @@ class Person:
     kind: str
     valid_until: datetime | None = None
     sponsor: str | None = None
-
-    @property
-    def stable_id(self) -> str:
-        """An identifier fit for STS SourceIdentity (≤ 64 of ``[\\w+=,.@-]``) that never changes."""
-        email = self.identity.email.lower()
-        if _SOURCE_IDENTITY_RE.match(email):
-            return email
-        if _SOURCE_IDENTITY_RE.match(self.identity.subject):
-            return self.identity.subject
-        digest = hashlib.sha256(f"{self.identity.issuer}\n{self.identity.subject}".encode())
-        return f"sub-{digest.hexdigest()[:48]}"
 
     def ended(self, now: datetime) -> bool:
         """True when the person's engagement is over at ``now``."""
@@ -224,7 +211,8 @@ class Evaluator:
 
     def resolve(self, identity: Identity) -> Person:
         """Apply the people rules (in order, later ones override) to an identity."""
-        claimed = identity.claims.get("kind")
+        # The provider's word on kind counts only where the policy names the claim to read.
+        claimed = identity.claims.get(self.policy.kind_claim) if self.policy.kind_claim else None
         kind = claimed if isinstance(claimed, str) and claimed in KINDS else None
         kind = kind or self.policy.default_kind
         valid_until: datetime | None = None

@@ -262,6 +262,11 @@ class PolicyFile(_Strict):
 
     version: Literal[1]
     default_kind: Kind | None = None
+    kind_claim: StrictStr | None = Field(
+        default=None,
+        description="an ID token claim whose value (staff or contractor) sets a person's kind "
+        "before the people rules apply; without it, no claim from the provider decides the kind",
+    )
     mfa_acr_values: tuple[StrictStr, ...] = ()
     people: tuple[PersonRule, ...] = ()
     entitlements: tuple[Entitlement, ...] = ()
@@ -280,6 +285,7 @@ class PolicySet:
     auditors: tuple[Match, ...] = ()
     admins: tuple[Match, ...] = ()
     default_kind: Kind = "staff"
+    kind_claim: str | None = None
     mfa_acr_values: frozenset[str] = frozenset()
     origins: Mapping[str, str] = field(default_factory=dict)
     """Where rules came from, e.g. ``{"entitlement:prod-readonly": "entitlements.yaml:12"}``."""
@@ -298,9 +304,23 @@ class PolicySet:
             auditors=tuple(f.auditors for f in files if f.auditors),
             admins=tuple(f.admins for f in files if f.admins),
             default_kind=default_kind,
+            kind_claim=next((f.kind_claim for f in files if f.kind_claim), None),
             mfa_acr_values=frozenset(v for f in files for v in f.mfa_acr_values),
             origins=dict(origins or {}),
         )
+
+    @property
+    def uses_groups(self) -> bool:
+        """True when any rule matches on groups (then a missing groups claim is refused)."""
+        matches = [
+            *(e.allow for e in self.entitlements),
+            *(e.approval.approvers for e in self.entitlements if e.approval),
+            *(p.match for p in self.people),
+            *(d.match for d in self.deny),
+            *self.auditors,
+            *self.admins,
+        ]
+        return any(m.groups for m in matches)
 
     @classmethod
     def from_document(cls, data: Mapping[str, Any]) -> PolicySet:

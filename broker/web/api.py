@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -54,9 +55,49 @@ def _to_delta(value: str | int) -> timedelta:
     return parse_duration(value)
 
 
+MAX_JSON_DEPTH = 32
+
+
+def json_depth_exceeds(raw: bytes, limit: int) -> bool:
+    """True when JSON text nests arrays/objects deeper than `limit` (strings are skipped)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return False
+
+
 def _body(model: type[_Body]) -> Any:
-    data = request.get_json(silent=True)
-    if data is None:
+    if not request.is_json:
+        raise BadRequest(
+            "The request body must be a JSON object.",
+            hint="Send Content-Type: application/json with a JSON body.",
+        )
+    raw = request.get_data(cache=True)
+    if json_depth_exceeds(raw, MAX_JSON_DEPTH):
+        raise BadRequest(f"The JSON body nests deeper than {MAX_JSON_DEPTH} levels.")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # bad syntax, bad UTF-8, a 5,000-digit number
+        raise BadRequest(
+            f"The request body is not valid JSON ({str(exc)[:120]}).",
+            hint="Send Content-Type: application/json with a JSON object.",
+        ) from None
+    if not isinstance(data, dict):
         raise BadRequest(
             "The request body must be a JSON object.",
             hint="Send Content-Type: application/json with a JSON body.",
@@ -110,7 +151,7 @@ def me() -> Response:
         kind=person.kind,
         valid_until=person.valid_until.isoformat() if person.valid_until else None,
         sponsor=person.sponsor,
-        source_identity=person.stable_id,
+        source_identity=caller.source_identity,
         admin=service.policy.evaluator.is_admin(person),
         auditor=service.policy.evaluator.is_auditor(person),
         summary=describe_person(service.policy.evaluator, person, service.clock()),

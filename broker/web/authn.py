@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from flask import current_app, g, request
+from datetime import UTC, datetime
+
+from flask import g, request
 
 from broker.auth import tokens
-from broker.auth.principals import identity_from_claims
+from broker.auth.identity import StaleClaims, auth_context
+from broker.auth.idtoken import InvalidIdToken
+from broker.auth.principals import find_principal
+from broker.auth.signin import caller_for, sign_in_with_claims
 from broker.db import get_database
 from broker.errors import Unauthenticated
 from broker.grants import Caller, GrantService, RequestMeta
 from broker.models import utcnow
-from broker.policy import Identity
 from broker.services import services
 
 
@@ -44,38 +48,46 @@ def authenticate(service: GrantService) -> Caller:
         return cached
     value = bearer_token()
     if tokens.looks_like_broker_token(value):
-        identity = _identity_from_broker_token(value)
+        caller = _caller_from_broker_token(service, value)
     else:
-        identity = _identity_from_id_token(value)
-    caller = service.sign_in(identity, request_meta())
+        caller = _caller_from_id_token(service, value)
     g.caller = caller
     return caller
 
 
-def _identity_from_broker_token(value: str) -> Identity:
+def _caller_from_broker_token(service: GrantService, value: str) -> Caller:
     with get_database().session() as session:
         row, principal = tokens.authenticate(session, value, now=utcnow())
         g.token_id = row.id
-        claims = dict(row.claims or {})
-        claims.setdefault("sub", principal.subject)
-        claims.setdefault("email", principal.email)
-        return identity_from_claims(
-            claims,
-            issuer=principal.issuer,
-            groups_claim="groups",
-        )
+        principal_id, auth = principal.id, auth_context(row.claims or {})
+    return caller_for(service, principal_id, auth, request_meta())
 
 
-def _identity_from_id_token(value: str) -> Identity:
+def _caller_from_id_token(service: GrantService, value: str) -> Caller:
     validator = services().id_tokens
     if validator is None:
         raise Unauthenticated(
             "ID tokens are not accepted: no identity provider is configured.",
             hint="Use a broker token from `broker login`.",
         )
-    claims = validator.validate(value)
-    return identity_from_claims(
-        claims,
-        issuer=validator.issuer,
-        groups_claim=current_app.config.get("OIDC_GROUPS_CLAIM", "groups"),
-    )
+    claims = validator.validate_bearer(value)
+    issued_at = datetime.fromtimestamp(int(claims["iat"]), UTC)
+    with get_database().read_session() as session:
+        known = find_principal(session, validator.issuer, str(claims["sub"]))
+        principal_id = known.id if known is not None else None
+        signed_out_at = known.signed_out_at if known is not None else None
+    if signed_out_at is not None and issued_at <= signed_out_at:
+        raise InvalidIdToken(
+            "This ID token was issued before you signed out of the broker.",
+            hint="Get a new ID token from your identity provider.",
+        )
+    meta = request_meta()
+    try:
+        return sign_in_with_claims(
+            service, claims, meta, issuer=validator.issuer, claims_at=min(issued_at, utcnow())
+        )
+    except StaleClaims:
+        if principal_id is None:
+            raise
+        # The token's claims are older than the bound; the person's stored ones may be fresher.
+        return caller_for(service, principal_id, auth_context(claims), meta)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -12,7 +10,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from apibed import Bed, bed_setup
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from broker import create_app
 from broker.cli.client.store import Store
@@ -22,16 +19,6 @@ from broker.models import AuditEvent, utcnow
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 DEV = ("dev@example.com", ("developers",))
-
-
-class Dispatch:
-    """A WSGI app whose target is set after the server has its port (the IdP needs the URL)."""
-
-    def __init__(self) -> None:
-        self.app: Any = None
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        return self.app(environ, start_response)
 
 
 @dataclass
@@ -52,15 +39,6 @@ class LiveBroker:
                     .order_by(AuditEvent.seq)
                 )
             )
-
-
-def serve(app: Any) -> tuple[BaseWSGIServer, threading.Thread]:
-    """Serve `app` on a free loopback port in a thread."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread
 
 
 def broker_app(

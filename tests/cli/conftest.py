@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from apibed import Bed
-from clibed import BROKER_SHIM, VENV_BIN, LiveBroker, Workspace, broker_app, serve
+from clibed import BROKER_SHIM, VENV_BIN, LiveBroker, Workspace, broker_app
 from click.testing import CliRunner, Result
+from liveserver import serve
 
 from broker.cli.client import standalone
 from broker.cli.client.state import ClientState

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clibed import Dispatch, Workspace, broker_app, serve
+from clibed import Workspace, broker_app
+from liveserver import Dispatch, serve
 from oidc_provider import OidcProvider, node_modules_present
 
 from broker.db import Database

@@ -266,6 +266,14 @@ class OidcProvider:
             self._tmp = None
         self._discovery = None
 
+    def set_user(self, sub: str, **fields: Any) -> dict[str, Any]:
+        """Change a user at the provider, as its administrator would (``None`` deletes a field;
+        ``email_verified="absent"`` makes the provider leave that claim out)."""
+        resp = requests.post(f"{self.issuer}/__test__/users/{sub}", json=fields, timeout=10)
+        resp.raise_for_status()
+        result: dict[str, Any] = resp.json()
+        return result
+
     # -- metadata ------------------------------------------------------------------------------
 
     def discovery(self) -> dict[str, Any]:

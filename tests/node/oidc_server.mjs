@@ -23,6 +23,11 @@
 // sub or email, any password, button "Sign in"; a "Cancel" button denies with access_denied).
 // Consent is never asked: loadExistingGrant grants every requested scope/claim to the client.
 // PKCE (S256) is required for every authorization code request, confidential clients included.
+// Refresh tokens are issued to every client allowed the refresh_token grant (as Keycloak does).
+//
+// Test control (loopback only): POST /__test__/users/:sub with a JSON object replaces those
+// fields of the user (email, email_verified, groups, ...): the provider's state changes the way
+// an administrator's edit would, and later userinfo/refresh answers reflect it.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -101,6 +106,7 @@ function makeProvider(issuer) {
       groups: ['groups'],
     },
     pkce: { required: () => true },
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     ttl: {
       AccessToken: 3600,
       AuthorizationCode: 60,
@@ -144,7 +150,8 @@ ${auto ? '<script>document.getElementById("op.logoutForm").submit();</script>' :
         claims: async () => ({
           sub: user.sub,
           email: user.email,
-          email_verified: user.email_verified ?? true,
+          // "absent" leaves the claim out, as providers that never send it do.
+          email_verified: user.email_verified === 'absent' ? undefined : (user.email_verified ?? true),
           name: user.name,
           groups: user.groups,
         }),
@@ -251,8 +258,34 @@ async function handleInteraction(req, res, url) {
   return send(res, 404, page('Not found', '<h1>Not found</h1>'));
 }
 
+async function handleTestControl(req, res, url) {
+  const sub = decodeURIComponent(url.pathname.split('/')[3] ?? '');
+  const user = users.find((u) => u.sub === sub);
+  if (req.method !== 'POST' || !user) {
+    res.writeHead(404, { 'content-type': 'application/json' });
+    return res.end('{"error":"unknown user"}');
+  }
+  const chunks = [];
+  for await (const c of req) chunks.push(c);
+  const patch = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}');
+  for (const [key, value] of Object.entries(patch)) {
+    if (key === 'sub') continue;
+    if (value === null) delete user[key];
+    else user[key] = value;
+  }
+  res.writeHead(200, { 'content-type': 'application/json' });
+  return res.end(JSON.stringify(user));
+}
+
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, `http://${HOST}`);
+  if (url.pathname.startsWith('/__test__/users/')) {
+    handleTestControl(req, res, url).catch((err) => {
+      process.stderr.write(`test control error: ${err?.stack ?? err}\n`);
+      res.end();
+    });
+    return;
+  }
   if (url.pathname.startsWith('/interaction/')) {
     handleInteraction(req, res, url).catch((err) => {
       process.stderr.write(`interaction error: ${err?.stack ?? err}\n`);

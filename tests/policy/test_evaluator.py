@@ -215,11 +215,29 @@ def test_durations_come_from_the_entitlement(evaluator: Evaluator) -> None:
     assert (dev.max_duration, dev.max_grant) == (timedelta(hours=1), timedelta(hours=1))
 
 
-def test_kind_comes_from_people_rules_then_claim_then_default(evaluator: Evaluator) -> None:
+def test_kind_claim_is_ignored_unless_the_policy_names_it(evaluator: Evaluator) -> None:
+    # A provider-sent `kind` must not make a contractor staff, nor anyone else anything.
     assert person(evaluator, "Eve@Contractor.Example", kind="staff").kind == "contractor"
-    assert person(evaluator, "kim@example.com", kind="contractor").kind == "contractor"
-    assert person(evaluator, "kim@example.com", kind="robot").kind == "staff"
+    assert person(evaluator, "kim@example.com", kind="contractor").kind == "staff"
     assert person(evaluator, "kim@example.com").kind == "staff"
+
+
+def test_kind_comes_from_people_rules_then_named_claim_then_default() -> None:
+    named = Evaluator(PolicySet.from_document({**POLICY, "kind_claim": "employee_type"}))
+    assert person(named, "Eve@Contractor.Example", employee_type="staff").kind == "contractor"
+    assert person(named, "kim@example.com", employee_type="contractor").kind == "contractor"
+    assert person(named, "kim@example.com", kind="contractor").kind == "staff"
+    assert person(named, "kim@example.com", employee_type="robot").kind == "staff"
+    assert person(named, "kim@example.com").kind == "staff"
+
+
+def test_policy_knows_whether_it_decides_by_group(evaluator: Evaluator) -> None:
+    assert evaluator.policy.uses_groups
+    by_email = {
+        "version": 1,
+        "entitlements": [entitlement("wiki", {"emails": ["*@example.com"]})],
+    }
+    assert not PolicySet.from_document(by_email).uses_groups
 
 
 def test_later_people_rules_add_to_earlier_ones(evaluator: Evaluator) -> None:
@@ -274,15 +292,6 @@ def test_auditors_and_admins(evaluator: Evaluator) -> None:
     assert evaluator.is_admin(admin, NOW) and not evaluator.is_auditor(admin, NOW)
     ended = person(evaluator, "old@contractor.example", ("security-admins",))
     assert not evaluator.is_admin(ended, NOW)
-
-
-def test_stable_id_fits_sts_source_identity() -> None:
-    plain = Person(Identity("iss", "00u1", "Sam@Example.com"), kind="staff")
-    assert plain.stable_id == "sam@example.com"
-    odd = Person(Identity("iss", "00u1", "sam o'neil@example.com"), kind="staff")
-    assert odd.stable_id == "00u1"
-    weird = Person(Identity("iss", "a b/c", "x y@example.com"), kind="staff")
-    assert weird.stable_id.startswith("sub-") and len(weird.stable_id) <= 64
 
 
 def test_request_time_must_be_timezone_aware() -> None:

@@ -17,6 +17,7 @@ from schedbed import ROOT, app_config, issue, role_policies, scheduler_env
 from sqlalchemy import select, update
 
 from broker import create_app
+from broker.auth.identity import derive_source_identity
 from broker.db import get_database
 from broker.grants import RequestMeta
 from broker.models import AuditEvent, Grant, Principal, Revocation, utcnow
@@ -217,6 +218,7 @@ def test_admin_cut_off_denies_every_role_the_person_holds_sessions_for(bed: Bed)
         for statement in policy["Statement"]
         for who in statement["Condition"].get("StringEquals", {}).get("aws:SourceIdentity", [])
     ]
-    assert people == ["dev@example.com"]  # the cut-off person, nobody else
+    assert people == [derive_source_identity("urn:test", "dev@example.com")]  # nobody else
     assert bed.call("GET", "/me", dev).status_code in (401, 403)  # and their token is dead
-    assert issue(bed, other, "app-read")["source_identity"] == "other@example.com"
+    other_si = derive_source_identity("urn:test", "other@example.com")
+    assert issue(bed, other, "app-read")["source_identity"] == other_si

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from apibed import Bed
 
 from broker.audit import verify_database
+from broker.auth.identity import derive_source_identity
 from broker.db import get_database
 from broker.models import AuditEvent, Grant, IssuedSession
 
@@ -50,7 +51,7 @@ def test_issued_credentials_work_against_sts(bed: Bed) -> None:
     arn = sts.get_caller_identity()["Arn"]
     role_name = bed.roles["read"].rsplit("/", 1)[1]
     assert arn == f"arn:aws:sts::123456789012:assumed-role/{role_name}/{body['role_session_name']}"
-    assert body["source_identity"] == "dev@example.com"
+    assert body["source_identity"] == derive_source_identity("urn:test", "dev@example.com")
     assert body["duration_seconds"] == 3600
     second = _issue(bed, token).json
     assert second["role_session_name"] != body["role_session_name"]

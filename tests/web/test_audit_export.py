@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoints import sign_head
 from broker.audit.verify_file import verify_lines
+from broker.auth.identity import derive_source_identity
 from broker.db import get_database
 from broker.web import audit_export
 
@@ -64,7 +65,7 @@ def test_auditor_download_verifies_and_joins_with_cloudtrail(audited: Bed, tmp_p
     )
     details = issued_event["body"]["details"]
     assert details["role_session_name"] == issued.json["role_session_name"]
-    assert details["source_identity"] == "dev@example.com"
+    assert details["source_identity"] == derive_source_identity("urn:test", "dev@example.com")
     assert details["access_key_id"] == issued.json["credentials"]["AccessKeyId"]
 
     # The export itself was audited before it was streamed.

@@ -13,9 +13,12 @@ from iamsim import simulate
 from oidc_provider import OidcProvider
 
 from broker import create_app
+from broker.auth.identity import derive_source_identity
 from broker.db import get_database
 from broker.models import Base, Grant, IssuedSession
 from broker.services import services
+
+DEV_SI = derive_source_identity("urn:test", "dev@example.com")
 
 DEV = ("developers",)
 
@@ -56,7 +59,7 @@ def test_effective_permissions_match_the_entitlement(bed: Bed) -> None:
     assert {t["Key"]: t["Value"] for t in sent[0]["Tags"]}["broker-grant"] == issued.json[
         "grant_id"
     ]
-    assert sent[0]["SourceIdentity"] == "dev@example.com"
+    assert sent[0]["SourceIdentity"] == DEV_SI
 
     iam = bed.moto.client("iam")
     role_name = bed.roles["read"].rsplit("/", 1)[1]
@@ -65,7 +68,7 @@ def test_effective_permissions_match_the_entitlement(bed: Bed) -> None:
     principal = (
         f"arn:aws:sts::123456789012:assumed-role/{role_name}/{issued.json['role_session_name']}"
     )
-    ctx = {"aws:SourceIdentity": "dev@example.com", "aws:SourceIp": "198.51.100.1"}
+    ctx = {"aws:SourceIdentity": DEV_SI, "aws:SourceIp": "198.51.100.1"}
     results = simulate(
         [stored],
         app_read,
@@ -78,7 +81,7 @@ def test_effective_permissions_match_the_entitlement(bed: Bed) -> None:
         principal,
     )
     assert results == ["Allowed", "ImplicitlyDenied", "ImplicitlyDenied", "ImplicitlyDenied"]
-    inside = {"aws:SourceIdentity": "dev@example.com", "aws:SourceIp": "203.0.113.7"}
+    inside = {"aws:SourceIdentity": DEV_SI, "aws:SourceIp": "203.0.113.7"}
     results = simulate(
         [stored],
         net_read,

@@ -63,6 +63,7 @@ class StubIssuer:
             "iat": now,
             "exp": now + 300,
             "email": "dev@example.com",
+            "email_verified": True,
             "groups": ["developers"],
             "amr": ["pwd", "mfa"],
         }
