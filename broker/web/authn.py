@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask import g, request
+from sqlalchemy.exc import SQLAlchemyError
 
+from broker.audit import AuditLog, EventContext, NewEvent
 from broker.auth import tokens
-from broker.auth.identity import StaleClaims, auth_context
+from broker.auth.identity import ClaimsRefused, StaleClaims, auth_context
 from broker.auth.idtoken import InvalidIdToken
 from broker.auth.principals import find_principal
 from broker.auth.signin import caller_for, sign_in_with_claims
@@ -86,8 +88,36 @@ def _caller_from_id_token(service: GrantService, value: str) -> Caller:
         return sign_in_with_claims(
             service, claims, meta, issuer=validator.issuer, claims_at=min(issued_at, utcnow())
         )
+    except ClaimsRefused as exc:
+        _audit_refusal(service, claims, exc, meta)
+        raise
     except StaleClaims:
         if principal_id is None:
             raise
         # The token's claims are older than the bound; the person's stored ones may be fresher.
         return caller_for(service, principal_id, auth_context(claims), meta)
+
+
+def _audit_refusal(
+    service: GrantService, claims: dict[str, object], exc: ClaimsRefused, meta: RequestMeta
+) -> None:
+    """Record an ID token refused for its claims (best effort: the refusal stands either way)."""
+    context = EventContext(
+        actor=str(claims.get("email") or f"sub:{claims.get('sub')}"),
+        ip=meta.ip,
+        user_agent=meta.user_agent,
+        client=meta.client,
+        policy_version=service.policy.version,
+    )
+    event = NewEvent(
+        "auth.sign_in_failed",
+        target=str(claims.get("iss", "")),
+        decision="deny",
+        reason=exc.message,
+        details={"code": exc.reason, "via": "id_token_bearer"},
+    )
+    try:
+        with get_database().session() as session:
+            AuditLog().append(session, context, event)
+    except SQLAlchemyError:
+        pass  # the caller is refused either way; the audit outage is logged by the database

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -107,6 +108,15 @@ class World:
 
 @pytest.fixture
 def world(database: Database, moto_server: Any, tmp_path: Path) -> Iterator[World]:
+    with running_world(database, moto_server, tmp_path) as built:
+        yield built
+
+
+@contextmanager
+def running_world(
+    database: Database, moto_server: Any, tmp_path: Path, ttl: dict[str, int] | None = None
+) -> Iterator[World]:
+    """The broker over HTTP at a real provider (`ttl` overrides the provider's token TTLs)."""
     dispatch = Dispatch()
     server, thread = serve(dispatch)
     url = f"http://127.0.0.1:{server.server_port}"
@@ -118,7 +128,7 @@ def world(database: Database, moto_server: Any, tmp_path: Path) -> Iterator[Worl
             "post_logout_redirect_uris": [f"{url}/signed-out"],
         }
     ]
-    with OidcProvider(clients=clients, users=[dict(u) for u in USERS]) as idp:
+    with OidcProvider(clients=clients, users=[dict(u) for u in USERS], ttl=ttl) as idp:
         roles, policy_dir, base = bed_setup(database.url, moto_server, tmp_path)
         write_policy(policy_dir, roles, utcnow() - timedelta(days=1))  # cora's engagement ended
         app = create_app(
@@ -166,6 +176,7 @@ def test_dropping_the_email_scope_is_refused_not_matched_by_sub(world: World) ->
     refused = world.api("GET", "/me", id_token)
     assert refused.status_code == 401 and refused.json()["code"] == "claims_refused"
     assert "email" in refused.json()["message"]
+    assert world.events("auth.sign_in_failed")[-1].details["code"] == "missing_email"
 
 
 def test_dropping_the_groups_scope_is_refused(world: World) -> None:
@@ -346,3 +357,22 @@ def test_claims_that_cannot_be_refreshed_mean_signing_in_again(world: World) -> 
     stale = world.api("GET", "/me", id_token)
     assert stale.status_code == 401 and stale.json()["code"] == "stale_claims"
     assert "Sign in again" in stale.json()["hint"]
+
+
+def test_claims_are_refreshed_with_the_refresh_token_once_the_access_token_expired(
+    database: Database, moto_server: Any, tmp_path: Path
+) -> None:
+    # Access tokens that live 3 s: by the time claims are stale, only the refresh token works.
+    with running_world(database, moto_server, tmp_path, ttl={"AccessToken": 3}) as world:
+        with world.app.app_context():
+            world.sign_in("u-dev")
+            minted = world.mint("--email", "dev@example.com")
+        world.idp.set_user("u-dev", groups=["developers", "sre"])
+        time.sleep(3.5)
+        me = world.api("GET", "/me", minted)
+        assert me.status_code == 200, me.text
+        assert me.json()["groups"] == ["developers", "sre"]
+        world.idp.set_user("u-dev", email_verified=False)  # the provider withdraws its word
+        time.sleep(2.5)
+        refused = world.api("GET", "/me", minted)
+        assert refused.status_code == 401 and refused.json()["code"] == "claims_refused"

@@ -221,3 +221,21 @@ def test_unknown_grant_action_is_a_clear_404(bed: Bed) -> None:
     response = bed.call("POST", "/grants/abc/explode", token, json={})
     assert response.status_code == 404 and response.json["code"] == "not_found"
     assert "approve, deny or revoke" in response.json["message"]
+
+
+def test_hostile_json_answers_400_and_issues_nothing(bed: Bed) -> None:
+    token = bed.token("dev@example.com", DEV)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    bodies = {
+        "deep": b'{"entitlement": "app-read", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        "huge number": b'{"entitlement": "app-read", "duration": ' + b"9" * 5000 + b"}",
+        "not json": b'{"entitlement": ',
+        "not an object": b'["app-read"]',
+        "bad utf-8": b'{"entitlement": "\xff"}',
+    }
+    for name, raw in bodies.items():
+        response = bed.client.post("/api/v1/credentials", data=raw, headers=headers)
+        assert response.status_code == 400, (name, response.status_code, response.get_data())
+        assert response.json["code"] == "bad_request", name
+    with bed.app.app_context(), get_database().session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(IssuedSession)) == 0

@@ -32,16 +32,18 @@ _LOOSE = ("revocations",)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("principals") as batch_op:
-        batch_op.add_column(sa.Column("claims", sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column("claims_at", sa.DateTime(), nullable=True))
-        batch_op.add_column(sa.Column("idp_tokens", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("signed_out_at", sa.DateTime(), nullable=True))
+    # Plain ADD COLUMN (NOT NULL with a default): SQLite adds columns in place this way, where a
+    # batch rebuild would have to drop a table that foreign keys point at.
+    op.add_column(
+        "principals",
+        sa.Column("claims", sa.JSON(), nullable=False, server_default=sa.text("'{}'")),
+    )
+    op.add_column("principals", sa.Column("claims_at", sa.DateTime(), nullable=True))
+    op.add_column("principals", sa.Column("idp_tokens", sa.Text(), nullable=True))
+    op.add_column("principals", sa.Column("signed_out_at", sa.DateTime(), nullable=True))
     conn = op.get_bind()
     _backfill_claims(conn)
     _merge_duplicates(conn)
-    with op.batch_alter_table("principals") as batch_op:
-        batch_op.alter_column("claims", existing_type=sa.JSON(), nullable=False)
 
 
 def downgrade() -> None:
