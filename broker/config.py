@@ -6,8 +6,11 @@ setting stops startup with a message that names the setting, what it got and wha
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +32,7 @@ class Settings(BaseModel):
     DATABASE_URL: str = ""
     POLICY_DIR: str = "policies"
     BASE_URL: str | None = None
+    TRUSTED_PROXIES: tuple[str, ...] = ()
     AWS_REGION: str = "us-east-1"
     AWS_ENDPOINT_URL: str | None = None
     STS_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
@@ -77,6 +81,18 @@ class Settings(BaseModel):
             raise ValueError("expected a sqlite:/// or postgresql+psycopg:// URL")
         return value
 
+    @field_validator("TRUSTED_PROXIES", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        for item in value:
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an address or CIDR range") from exc
+        return value
+
     @field_validator("OIDC_EMAIL_VERIFIED_OPTIONAL_ISSUERS", mode="before")
     @classmethod
     def _split_issuers(cls, value: Any) -> Any:
@@ -104,7 +120,16 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> Settings:
             data = tomllib.loads(instance_file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{instance_file}: not valid TOML: {exc}") from exc
+        _refuse_unknown(
+            [k.upper() for k in data],
+            lambda name: f"{instance_file}: unknown setting {name.lower()!r}",
+        )
         app.config.from_mapping({k.upper(): v for k, v in data.items()})
+    _refuse_unknown(
+        [k.removeprefix("BROKER_") for k in os.environ if k.startswith("BROKER_")],
+        lambda name: f"unknown environment variable BROKER_{name}",
+        allowed=CLIENT_ENV,
+    )
     app.config.from_prefixed_env("BROKER")
     if test_config:
         app.config.from_mapping(test_config)
@@ -118,6 +143,31 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> Settings:
     # Every consumer reads the validated, typed values (defaults included) from app.config.
     app.config.update(settings.model_dump())
     return settings
+
+
+# BROKER_* variables that belong to the engineer's CLI or the test suite, not the server.
+CLIENT_ENV = frozenset({"URL", "CONFIG_DIR", "CREDENTIAL_CACHE_FILE"})
+
+
+def _refuse_unknown(
+    names: list[str],
+    describe: Callable[[str], str],
+    *,
+    allowed: frozenset[str] = frozenset(),
+) -> None:
+    """Stop on a setting nobody reads (a typo would otherwise be ignored), with a suggestion."""
+    known = list(Settings.model_fields)
+    problems = []
+    for name in names:
+        if name in Settings.model_fields or name in allowed or name.startswith("TEST_"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        problems.append(describe(name) + hint)
+    if problems:
+        raise ConfigError(
+            "; ".join(problems), hint="Settings are listed in README.md (Configuration)."
+        )
 
 
 def _defaults(app: Flask) -> dict[str, Any]:
@@ -148,4 +198,29 @@ def validate(config: Any) -> Settings:
                 + ", expected a random string of at least 32 characters in production.",
                 hint="Generate one with: python -c 'import secrets; print(secrets.token_hex(32))'",
             )
+        _production_checks(settings)
     return settings
+
+
+def _production_checks(settings: Settings) -> None:
+    """What production cannot run without: an https address, and a provider to sign in with."""
+    if not settings.BASE_URL or not settings.BASE_URL.startswith("https://"):
+        raise ConfigError(
+            f"BROKER_BASE_URL: got {settings.BASE_URL or '<missing>'!r}, expected the broker's "
+            "public https:// address in production (cookies, redirects and HSTS depend on it, "
+            "never on how a request reached the worker).",
+            hint="Set BROKER_BASE_URL=https://broker.example.com; behind a load balancer also "
+            "set BROKER_TRUSTED_PROXIES.",
+        )
+    missing = [n for n in ("OIDC_ISSUER", "OIDC_CLIENT_ID") if not getattr(settings, n)]
+    if missing:
+        raise ConfigError(
+            ", ".join(f"BROKER_{n}" for n in missing) + ": <missing>, expected the identity "
+            "provider's issuer URL and the broker's client id in production.",
+            hint="See docs/deploy.md (identity provider).",
+        )
+    if not str(settings.OIDC_ISSUER).startswith("https://"):
+        raise ConfigError(
+            f"BROKER_OIDC_ISSUER: got {settings.OIDC_ISSUER!r}, expected an https:// issuer in "
+            "production."
+        )

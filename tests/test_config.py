@@ -16,6 +16,14 @@ def _base(db_url: str) -> dict[str, object]:
     return {"ENV": "testing", "DATABASE_URL": db_url, "POLICY_DIR": str(ROOT / "policies")}
 
 
+PRODUCTION = {
+    "ENV": "production",
+    "BASE_URL": "https://broker.example.com",
+    "OIDC_ISSUER": "https://idp.example.com",
+    "OIDC_CLIENT_ID": "broker",
+}
+
+
 def test_production_requires_a_secret_key(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BROKER_SECRET_KEY", raising=False)
     with pytest.raises(ConfigError) as info:
@@ -23,7 +31,7 @@ def test_production_requires_a_secret_key(db_url: str, monkeypatch: pytest.Monke
     assert "BROKER_SECRET_KEY" in str(info.value) and "<missing>" in str(info.value)
     with pytest.raises(ConfigError, match="shorter than 32"):
         create_app({**_base(db_url), "ENV": "production", "SECRET_KEY": "short"})
-    app = create_app({**_base(db_url), "ENV": "production", "SECRET_KEY": "k" * 40})
+    app = create_app({**_base(db_url), **PRODUCTION, "SECRET_KEY": "k" * 40})
     assert app.config["SECRET_KEY"] == "k" * 40
 
 
@@ -81,3 +89,51 @@ def test_a_bad_policy_directory_stops_startup_with_file_and_line(
 def test_a_missing_policy_directory_is_named(db_url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does-not-exist"):
         create_app({**_base(db_url), "POLICY_DIR": str(tmp_path / "does-not-exist")})
+
+
+def test_production_needs_https_base_url_and_an_identity_provider(db_url: str) -> None:
+    prod = {
+        **_base(db_url),
+        "ENV": "production",
+        "SECRET_KEY": "k" * 40,
+        "OIDC_ISSUER": "https://idp.example.com",
+        "OIDC_CLIENT_ID": "broker",
+    }
+    without = {k: v for k, v in prod.items() if k != "BASE_URL"}
+    with pytest.raises(ConfigError, match="BROKER_BASE_URL.*<missing>"):
+        create_app(without)
+    with pytest.raises(ConfigError, match="BROKER_BASE_URL.*https://"):
+        create_app({**prod, "BASE_URL": "http://broker.example.com"})
+    with pytest.raises(ConfigError, match="BROKER_OIDC_ISSUER"):
+        create_app({**prod, "BASE_URL": "https://broker.example.com", "OIDC_ISSUER": None})
+    with pytest.raises(ConfigError, match="https:// issuer"):
+        create_app({**prod, "BASE_URL": "https://broker.example.com", "OIDC_ISSUER": "http://idp"})
+    app = create_app({**prod, "BASE_URL": "https://broker.example.com"})
+    response = app.test_client().get("/healthz")  # plain http to the worker, no proxy headers
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_unknown_settings_stop_startup_with_a_suggestion(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BROKER_SESION_IDLE_SECONDS", "60")
+    with pytest.raises(ConfigError) as info:
+        create_app(_base(db_url))
+    assert "BROKER_SESION_IDLE_SECONDS" in str(info.value)
+    assert "did you mean SESSION_IDLE_SECONDS" in str(info.value)
+    monkeypatch.delenv("BROKER_SESION_IDLE_SECONDS")
+    monkeypatch.setenv("BROKER_URL", "https://broker.example.com")  # the engineer CLI's own
+    create_app(_base(db_url))
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "broker.toml").write_text('aws_regoin = "eu-west-1"\n')
+    monkeypatch.setattr(
+        "flask.Flask.auto_find_instance_path", lambda self: str(instance), raising=True
+    )
+    with pytest.raises(ConfigError, match="unknown setting 'aws_regoin'; did you mean AWS_REGION"):
+        create_app(_base(db_url))
+
+
+def test_trusted_proxies_must_be_addresses(db_url: str) -> None:
+    with pytest.raises(ConfigError, match="BROKER_TRUSTED_PROXIES"):
+        create_app({**_base(db_url), "TRUSTED_PROXIES": "10.0.0.0/8,load-balancer"})

@@ -9,8 +9,19 @@ def init_app(app: Flask) -> None:
     """Register every blueprint and the error handlers."""
     from broker import metrics
     from broker.auth import oidc
-    from broker.web import api, audit_export, errors, health, oauth, security, ui, ui_admin
+    from broker.web import (
+        api,
+        audit_export,
+        errors,
+        health,
+        oauth,
+        proxies,
+        security,
+        ui,
+        ui_admin,
+    )
 
+    proxies.init_app(app)
     errors.init_app(app)
     security.init_app(app)
     app.register_blueprint(health.bp)
