@@ -64,6 +64,7 @@ class ClaimRules:
     """What the broker requires of a provider's claims before it trusts them."""
 
     groups_claim: str = "groups"
+    """Claim(s) holding group names: comma-separated, each a name or a dotted path."""
     require_groups: bool = False
     """The policy matches on groups, so an absent groups claim (not an empty one) is refused."""
     email_verified_optional_issuers: Collection[str] = ()
@@ -80,7 +81,8 @@ def person_claims(claims: Mapping[str, Any], *, issuer: str, rules: ClaimRules) 
     """The person's attributes from validated provider claims, or ClaimsRefused.
 
     Required: `email` (never replaced by `sub`), `email_verified` true (or absent for an issuer
-    named in `email_verified_optional_issuers`), and the groups claim when the policy uses groups.
+    named in `email_verified_optional_issuers`), and the groups claim(s) when the policy uses
+    groups (see `person_groups`).
     Returned: email (lower case), groups (sorted, the configured claim) and every other
     non-protocol claim, for policy rules that match on claims.
     """
@@ -107,28 +109,67 @@ def person_claims(claims: Mapping[str, Any], *, issuer: str, rules: ClaimRules) 
     attributes = {k: v for k, v in claims.items() if k not in _PROTOCOL_CLAIMS}
     attributes.pop("email_verified", None)
     attributes["email"] = email.lower()
-    groups = claims.get(rules.groups_claim)
-    if groups is None:
-        if rules.require_groups:
-            raise ClaimsRefused(
-                "missing_groups",
-                f"Your identity provider did not send your groups (no `{rules.groups_claim}` "
-                "claim), and the broker's policy decides by group.",
-                hint="Sign in again from the broker without changing the requested scopes; if it "
-                f"persists, an operator checks that the provider sends `{rules.groups_claim}`.",
-            )
-        groups = []
-    if isinstance(groups, str):
-        groups = [groups]
-    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-        raise ClaimsRefused(
-            "malformed_groups",
-            f"The `{rules.groups_claim}` claim is not a list of group names.",
-            hint="An operator checks the provider's groups claim mapping.",
-        )
-    attributes.pop(rules.groups_claim, None)
-    attributes["groups"] = sorted(set(groups))
+    groups = person_groups(claims, rules)
+    for path in rules.groups_claim.split(","):
+        attributes.pop(path.strip(), None)
+    attributes["groups"] = groups
     return attributes
+
+
+def _claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted path (`realm_access.roles`), or None when any step is missing."""
+    value: Any = claims
+    for step in path.split("."):
+        if not isinstance(value, Mapping) or step not in value:
+            return None
+        value = value[step]
+    return value
+
+
+def person_groups(claims: Mapping[str, Any], rules: ClaimRules) -> list[str]:
+    """The person's groups: the union of the configured claims (comma-separated dotted paths,
+    e.g. `groups,roles` for Entra groups plus app roles, `realm_access.roles` for Keycloak).
+
+    Refuses an Entra "group overage" (the token points elsewhere instead of listing groups)
+    and, where the policy uses groups, a token in which none of the claims is present.
+    """
+    paths = [p.strip() for p in rules.groups_claim.split(",") if p.strip()]
+    names = claims.get("_claim_names")
+    if (isinstance(names, Mapping) and "groups" in names) or claims.get("hasgroups") is True:
+        raise ClaimsRefused(
+            "groups_overage",
+            "Your identity provider left your groups out of the token because there are too "
+            "many of them (Microsoft Entra ID's group overage), so the broker cannot decide.",
+            hint="An operator limits the token to groups assigned to the application, or maps "
+            "access to app roles (BROKER_OIDC_GROUPS_CLAIM=roles); see "
+            "docs/identity-providers.md.",
+        )
+    found: list[str] = []
+    present = False
+    for path in paths:
+        value = _claim_at(claims, path)
+        if value is None:
+            continue
+        present = True
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(g, str) for g in value):
+            raise ClaimsRefused(
+                "malformed_groups",
+                f"The `{path}` claim is not a list of group names.",
+                hint="An operator checks the provider's groups claim mapping.",
+            )
+        found.extend(value)
+    if not present and rules.require_groups:
+        raise ClaimsRefused(
+            "missing_groups",
+            f"Your identity provider did not send your groups (no `{rules.groups_claim}` "
+            "claim), and the broker's policy decides by group.",
+            hint="Sign in again from the broker without changing the requested scopes; if it "
+            "persists, an operator checks that the provider sends the groups claim (Google "
+            "Workspace sends none: see docs/identity-providers.md).",
+        )
+    return sorted(set(found))
 
 
 def auth_context(claims: Mapping[str, Any]) -> dict[str, Any]:

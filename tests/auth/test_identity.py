@@ -206,3 +206,43 @@ def test_json_depth_scan_ignores_brackets_inside_strings() -> None:
     assert json_depth_exceeds(b"[" * 33 + b"]" * 33, 32)
     assert not json_depth_exceeds(b"[" * 32 + b"]" * 32, 32)
     assert not json_depth_exceeds(b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\\"[["}', 4)
+
+
+# -- provider shapes ----------------------------------------------------------------------------
+
+
+def test_keycloak_realm_roles_by_dotted_path() -> None:
+    claims = {**GOOD, "realm_access": {"roles": ["sre", "offline_access"]}}
+    del claims["groups"]
+    rules = ClaimRules(groups_claim="realm_access.roles", require_groups=True)
+    attributes = person_claims(claims, issuer=ISSUER, rules=rules)
+    assert attributes["groups"] == ["offline_access", "sre"]
+    assert attributes["realm_access"] == {"roles": ["sre", "offline_access"]}
+    with pytest.raises(ClaimsRefused) as refused:
+        person_claims({**GOOD, "realm_access": {}}, issuer=ISSUER, rules=rules)
+    assert refused.value.reason == "missing_groups"
+
+
+def test_entra_groups_and_app_roles_together() -> None:
+    object_id = "7f1c5c2a-31b4-4d2e-9f55-0c2f1f4d8a11"
+    claims = {**GOOD, "groups": [object_id], "roles": ["Broker.Sre"]}
+    rules = ClaimRules(groups_claim="groups,roles", require_groups=True)
+    attributes = person_claims(claims, issuer=ISSUER, rules=rules)
+    assert attributes["groups"] == sorted([object_id, "Broker.Sre"])
+    only_roles = {k: v for k, v in claims.items() if k != "groups"}
+    assert person_claims(only_roles, issuer=ISSUER, rules=rules)["groups"] == ["Broker.Sre"]
+
+
+@pytest.mark.parametrize(
+    "overage",
+    [
+        {"_claim_names": {"groups": "src1"}, "_claim_sources": {"src1": {"endpoint": "x"}}},
+        {"hasgroups": True},
+    ],
+)
+def test_entra_group_overage_is_refused_with_its_cause(overage: dict[str, Any]) -> None:
+    claims = {k: v for k, v in GOOD.items() if k != "groups"} | overage
+    with pytest.raises(ClaimsRefused) as refused:
+        person_claims(claims, issuer=ISSUER, rules=ClaimRules(require_groups=True))
+    assert refused.value.reason == "groups_overage"
+    assert "overage" in refused.value.message and "roles" in (refused.value.hint or "")

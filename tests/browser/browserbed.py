@@ -23,6 +23,8 @@ class Site:
     federation: Any
     contexts: list[Any] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    app: Any = None
+    """The broker app behind the server for this test (for reading its database)."""
 
     def sign_in(self, sub: str) -> Any:
         """A new browser context (own cookies) signed in as `sub` through the real provider."""

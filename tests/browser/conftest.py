@@ -40,6 +40,35 @@ USERS = [
         "groups": ["security-admins", "compliance"],
     },
 ]
+# Provider shapes (docs/identity-providers.md): Keycloak puts roles in realm_access.roles and
+# no groups claim; Entra sends group object ids plus app roles, or an overage pointer instead.
+ENTRA_GROUP = "7f1c5c2a-31b4-4d2e-9f55-0c2f1f4d8a11"
+USERS += [
+    {
+        "sub": "kc",
+        "email": "kc@example.com",
+        "name": "Kay Cloak",
+        "groups": None,
+        "realm_access": {"roles": ["developers", "offline_access"]},
+    },
+    {
+        "sub": "entra",
+        "email": "en@example.com",
+        "name": "En Tra",
+        "groups": [ENTRA_GROUP],
+        "roles": ["developers"],
+    },
+    {
+        "sub": "entra-big",
+        "email": "big@example.com",
+        "name": "Big Tenant",
+        "groups": None,
+        "_claim_names": {"groups": "src1"},
+        "_claim_sources": {
+            "src1": {"endpoint": "https://graph.microsoft.com/v1.0/me/getMemberObjects"}
+        },
+    },
+]
 for _user in USERS:
     _user.update(amr=["pwd", "mfa"], acr="urn:broker:test:mfa")
 
@@ -129,7 +158,14 @@ def idp(broker_url: str) -> Iterator[OidcProvider]:
 
 
 @pytest.fixture
+def site_config() -> dict[str, Any]:
+    """Extra broker settings for a test module's site (override the fixture to set some)."""
+    return {}
+
+
+@pytest.fixture
 def site(
+    site_config: dict[str, Any],
     database: Database,
     moto_server: Any,
     tmp_path: Path,
@@ -149,10 +185,11 @@ def site(
             "OIDC_CLIENT_ID": CLIENT_ID,
             "OIDC_CLIENT_SECRET": CLIENT_SECRET,
             "FEDERATION_ENDPOINT": endpoint,
+            **site_config,
         }
     )
     swap.app = app
-    built = Site(broker_url, idp, chromium, moto_server, roles, stub)
+    built = Site(broker_url, idp, chromium, moto_server, roles, stub, app=app)
     yield built
     built.close()
     swap.app = None

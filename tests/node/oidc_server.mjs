@@ -43,6 +43,7 @@ const config = JSON.parse(readFileSync(configPath, 'utf8'));
 const requestedPort = Number(portArg ?? process.env.OIDC_PORT ?? config.port ?? 0);
 const HOST = '127.0.0.1';
 
+// `groups: null` makes a user without a groups claim at all (Google Workspace, Keycloak shapes).
 const users = (config.users ?? []).map((u) => ({ groups: [], amr: ['pwd'], ...u }));
 function findUser(login) {
   const needle = String(login ?? '').trim();
@@ -90,6 +91,8 @@ function page(title, body) {
 }
 
 const OIDC_SCOPES = ['openid', 'offline_access', 'email', 'profile', 'groups'];
+// Claims some providers send instead of (or beside) `groups`, copied from the user when set.
+const SHAPE_CLAIMS = ['realm_access', 'roles', '_claim_names', '_claim_sources', 'hasgroups'];
 
 function makeProvider(issuer) {
   return new Provider(issuer, {
@@ -103,7 +106,8 @@ function makeProvider(issuer) {
     openid: ['sub', 'acr', 'amr', 'auth_time'],
       email: ['email', 'email_verified'],
       profile: ['name'],
-      groups: ['groups'],
+      // Provider shapes: Keycloak's realm_access.roles, Entra's app roles and group overage.
+      groups: ['groups', ...SHAPE_CLAIMS],
     },
     pkce: { required: () => true },
     issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
@@ -153,7 +157,8 @@ ${auto ? '<script>document.getElementById("op.logoutForm").submit();</script>' :
           // "absent" leaves the claim out, as providers that never send it do.
           email_verified: user.email_verified === 'absent' ? undefined : (user.email_verified ?? true),
           name: user.name,
-          groups: user.groups,
+          ...(user.groups === null ? {} : { groups: user.groups }),
+          ...Object.fromEntries(SHAPE_CLAIMS.filter((c) => c in user).map((c) => [c, user[c]])),
         }),
       };
     },
