@@ -39,6 +39,7 @@ POLICY_ARN_RE = re.compile(
     r"^arn:aws[-a-z]*:iam::(?:aws|\d{12}):policy/(?:[\w+=,.@-]+/)*[\w+=,.@-]+$"
 )
 VPC_RE = re.compile(r"^vpc-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
+REGION_RE = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 
 
 class SessionPolicyError(ValueError):
@@ -117,6 +118,11 @@ VpcId = Annotated[
     StrictStr,
     AfterValidator(_checked(VPC_RE, "VPC id", "vpc-0a1b2c3d4e5f60718")),
     WithJsonSchema({"type": "string", "pattern": VPC_RE.pattern}),
+]
+Region = Annotated[
+    StrictStr,
+    AfterValidator(_checked(REGION_RE, "AWS region", "eu-west-1")),
+    WithJsonSchema({"type": "string", "pattern": REGION_RE.pattern}),
 ]
 Duration = Annotated[
     timedelta,
@@ -236,6 +242,9 @@ class Entitlement(_Strict):
     session_policy: Annotated[dict[str, Any], AfterValidator(_session_policy)] | None = None
     managed_policy_arns: tuple[PolicyArn, ...] = Field(default=(), max_length=10)
     network: Network | None = None
+    region: Region | None = Field(
+        default=None, description="default AWS region for the engineer's tools (profiles, exec)"
+    )
     sensitive: StrictBool = Field(
         default=False,
         description="`broker policy diff` exits 3 when access to this entitlement widens",
