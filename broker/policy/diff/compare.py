@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-from broker.policy.diff.access import AccessChanges, access_changes
+from broker.policy.diff.access import AccessChanges, ChangedEntitlements, access_changes
 from broker.policy.diff.definitions import added_or_removed, entitlement_changes
 from broker.policy.diff.directory import DirectoryPerson
 from broker.policy.diff.records import Change, Direction, EntitlementDiff, PolicyDiff, RuleDiff
 from broker.policy.diff.rules import deny_effects, rule_diffs
 from broker.policy.evaluator import Evaluator
 from broker.policy.model import Entitlement, PolicySet
+from broker.policy.yamlsource import paused_gc
 
 
 def diff_policies(
@@ -32,7 +33,19 @@ def diff_policies(
     one of the ``sensitive`` globs. ``now`` (default: the current time) decides whose
     engagement has ended.
     """
-    now = now or datetime.now(UTC)
+    # Thousands of small records on top of two loaded policies: without a pause, the cyclic
+    # collector would walk both policies again and again and take most of the time.
+    with paused_gc():
+        return _diff(old, new, people, sensitive, now or datetime.now(UTC))
+
+
+def _diff(
+    old: Evaluator,
+    new: Evaluator,
+    people: Sequence[DirectoryPerson] | None,
+    sensitive: Sequence[str],
+    now: datetime,
+) -> PolicyDiff:
     before = {e.id: e for e in old.policy.entitlements}
     after = {e.id: e for e in new.policy.entitlements}
     common = [i for i in before if i in after]
@@ -44,29 +57,17 @@ def diff_policies(
         elif was is not None and is_ is None:
             definitions[ent_id] = [added_or_removed(was, added=False)]
         elif was != is_ and was is not None and is_ is not None:
-            definitions[ent_id] = entitlement_changes(was, is_)
+            changes = entitlement_changes(was, is_)
+            if changes:  # e.g. reordered statements or a new description change no access
+                definitions[ent_id] = changes
     if old.policy.deny != new.policy.deny:
         for ent_id, changes in deny_effects(old.policy, new.policy, common).items():
             definitions.setdefault(ent_id, []).extend(changes)
     rules = rule_diffs(old.policy, new.policy)
     moved = AccessChanges()
     if people is not None:
-        who_changed = [
-            ent_id
-            for ent_id, changes in definitions.items()
-            if any(c.field in ("entitlement", "allow", "deny") for c in changes)
-        ]
-        terms_changed = [
-            ent_id
-            for ent_id, changes in definitions.items()
-            if any(c.field not in ("entitlement", "allow", "deny") for c in changes)
-        ]
-        approvers_changed = [
-            ent_id
-            for ent_id, changes in definitions.items()
-            if any(c.field in ("entitlement", "approval", "approvers") for c in changes)
-        ]
-        moved = access_changes(old, new, people, now, who_changed, terms_changed, approvers_changed)
+        changed = _changed(definitions, old.policy, new.policy)
+        moved = access_changes(old, new, people, now, changed)
         rules = _with_roles(rules, moved)
     entitlements = []
     for ent_id in sorted({*definitions, *moved.access, *moved.approvers}):
@@ -94,6 +95,30 @@ def diff_policies(
         people=tuple(sorted(moved.people, key=lambda p: p.email)),
         risks=tuple(_risks(entitlements, rules, new.policy, sensitive)),
         directory_size=len(people) if people is not None else None,
+    )
+
+
+def _changed(
+    definitions: dict[str, list[Change]], old: PolicySet, new: PolicySet
+) -> ChangedEntitlements:
+    """Sort the changed entitlements by what a person could notice of each change."""
+
+    def having(*fields: str, invert: bool = False) -> list[str]:
+        return [
+            ent_id
+            for ent_id, changes in definitions.items()
+            if any((c.field in fields) != invert for c in changes)
+        ]
+
+    return ChangedEntitlements(
+        who=having("entitlement", "allow"),
+        deny=having("deny"),
+        deny_matches=[
+            *(r.match for r in old.deny if r not in new.deny),
+            *(r.match for r in new.deny if r not in old.deny),
+        ],
+        terms=having("entitlement", "allow", "deny", invert=True),
+        approvers=having("entitlement", "approval", "approvers"),
     )
 
 
@@ -142,9 +167,11 @@ def _risks(
             continue
         how = [c.text for c in ent.changes if c.direction is Direction.WIDENS]
         if ent.gained:
-            how.insert(0, f"+{len(ent.gained)} {_people(len(ent.gained))} gain it")
+            n = len(ent.gained)
+            how.insert(0, f"+{n} {_people(n)} {'gains' if n == 1 else 'gain'} it")
         if ent.approvers_gained:
-            how.append(f"+{len(ent.approvers_gained)} may approve it")
+            n = len(ent.approvers_gained)
+            how.append(f"+{n} {_people(n)} may approve it")
         risks.append(f"{ent.id}: {'; '.join(how)}")
     acr = [
         c.text

@@ -18,7 +18,7 @@ from pathlib import Path
 from broker.policy.issues import PolicyIssue, PolicyLoadError
 from broker.policy.loader import read_yaml_file
 from broker.policy.model import KINDS
-from broker.policy.yamlsource import line_of
+from broker.policy.yamlsource import line_of, paused_gc
 
 _FIELDS = ("email", "groups", "kind", "claims")
 _SPLIT = re.compile(r"[,;]")
@@ -48,13 +48,14 @@ def load_directory(path: str | Path) -> list[DirectoryPerson]:
             [PolicyIssue(display, None, f"cannot read ({exc.strerror})")]
         ) from None
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        people, issues = _from_csv(display, raw)
-    elif suffix in (".yaml", ".yml", ".json"):
-        people, issues = _from_document(path, raw, suffix == ".json")
-    else:
+    if suffix not in (".csv", ".yaml", ".yml", ".json"):
         message = "unknown people file type; use .yaml, .yml, .json or .csv"
         raise PolicyLoadError([PolicyIssue(display, None, message)])
+    with paused_gc():
+        if suffix == ".csv":
+            people, issues = _from_csv(display, raw)
+        else:
+            people, issues = _from_document(path, raw, suffix == ".json")
     seen: dict[str, int | None] = {}
     for person, line in people:
         key = person.email.lower()

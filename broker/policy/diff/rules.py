@@ -111,26 +111,35 @@ def deny_diffs(old: PolicySet, new: PolicySet) -> list[RuleDiff]:
     return diffs
 
 
-def deny_coverage(policy: PolicySet, ids: Iterable[str]) -> dict[str, dict[str, str]]:
-    """For each id, the deny rules covering it: match key → "who (where)"."""
-    ids = list(ids)
+def _coverage(policy: PolicySet, ids: Sequence[str], keys: set[str]) -> dict[str, dict[str, str]]:
+    """For each id, the deny rules with one of these matches covering it: key → "who (where)"."""
     covered: dict[str, dict[str, str]] = {}
     for number, rule in enumerate(policy.deny):
+        key = match_key(rule.match)
+        if key not in keys:
+            continue
         pattern = re.compile("|".join(fnmatch.translate(g) for g in rule.entitlements))
         where = _where(policy, f"deny:{number}") or f"#{number + 1}"
         label = f"{describe(rule.match)} ({where})"
         for ent_id in ids:
             if pattern.match(ent_id):
-                covered.setdefault(ent_id, {})[match_key(rule.match)] = label
+                covered.setdefault(ent_id, {})[key] = label
     return covered
 
 
 def deny_effects(old: PolicySet, new: PolicySet, ids: Iterable[str]) -> dict[str, list[Change]]:
     """Per entitlement (present on both sides), who is no longer or newly denied it."""
+    # Only a rule on one side and not the other can change who is denied what; other rules
+    # with the same match count too, as they may still deny the same people.
+    changed = [r for r in old.deny if r not in new.deny]
+    changed += [r for r in new.deny if r not in old.deny]
+    if not changed:
+        return {}
+    keys = {match_key(r.match) for r in changed}
     ids = list(ids)
-    before, after = deny_coverage(old, ids), deny_coverage(new, ids)
+    before, after = _coverage(old, ids, keys), _coverage(new, ids, keys)
     effects: dict[str, list[Change]] = {}
-    for ent_id in ids:
+    for ent_id in sorted({*before, *after}):
         was, now = before.get(ent_id, {}), after.get(ent_id, {})
         changes = [
             Change("deny", Direction.WIDENS, f"no longer denied to {label}", label, None)
