@@ -29,7 +29,7 @@ from sqlalchemy import insert, update
 
 from broker.audit.chain import GENESIS, HEAD_ID, chain_hash, format_ts
 from broker.audit.checkpoints import checkpoint_payload, key_id
-from broker.audit.export import export, snapshot_session
+from broker.audit.export import export
 from broker.audit.verify_file import verify_file
 from broker.db import Database
 from broker.migrate import upgrade
@@ -115,7 +115,7 @@ def _export_phase(url: str, out: str) -> tuple[float, float]:
     """Run in a fresh process: export the trail; return (seconds, peak RSS MB)."""
     database = Database(url)
     began = time.perf_counter()
-    with snapshot_session(database) as session, open(out, "w", encoding="utf-8") as handle:
+    with database.snapshot_session() as session, open(out, "w", encoding="utf-8") as handle:
         for chunk in export(session, "jsonl", now=datetime.now(UTC)):
             handle.write(chunk)
     elapsed = time.perf_counter() - began

@@ -42,6 +42,22 @@ class Database:
         with self._readers() as session, session.begin():
             yield session
 
+    @contextmanager
+    def snapshot_session(self) -> Iterator[Session]:
+        """A read-only transaction whose every query sees one snapshot of the database.
+
+        PostgreSQL: REPEATABLE READ READ ONLY (READ COMMITTED would give each statement its own
+        snapshot, so a scan and a later look at the chain head could disagree). SQLite: a
+        deferred transaction in WAL mode, which reads one snapshot and never blocks writers.
+        """
+        engine = self.engine.execution_options(broker_read_only=True)
+        if self.dialect == "postgresql":
+            engine = engine.execution_options(isolation_level="REPEATABLE READ")
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            if self.dialect == "postgresql":
+                session.execute(text("SET TRANSACTION READ ONLY"))
+            yield session
+
     def ping(self) -> None:
         """Raise if the database cannot be reached."""
         with self.engine.connect() as conn:

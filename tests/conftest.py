@@ -19,6 +19,9 @@ from broker.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
+# In CI a skipped test is a failure, at run time and at collection time (tests/helpers/ci_skips.py).
+pytest_plugins = ["ci_skips"]
+
 PG_URL = os.environ.get("BROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -79,16 +82,6 @@ def app(database: Database, tmp_path: Path) -> Iterator[Flask]:
 def client(app: Flask) -> FlaskClient:
     """A test client for `app`."""
     return app.test_client()
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """In CI a skipped test is a failure: nothing may pass by not running."""
-    outcome = yield
-    report = outcome.get_result()
-    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
-        report.longrepr = f"skipped in CI: {report.longrepr}"
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from broker.errors import AuditUnavailable
-from broker.models import AuditEvent, AuditHead, utcnow
+from broker.models import AuditCheckpoint, AuditEvent, AuditHead, utcnow
 
 GENESIS = "0" * 64
 HEAD_ID = 1
@@ -184,6 +184,10 @@ class VerifyResult:
     last_seq: int = 0
     last_hash: str = GENESIS
     broken: Break | None = None
+    checkpoints: int = 0
+    """Signed checkpoints whose (seq, hash) match the chain."""
+    signatures: int = 0
+    """Of those, how many signatures were verified with a public key."""
 
     @property
     def ok(self) -> bool:
@@ -216,18 +220,61 @@ def verify_events(events: Iterator[AuditEvent] | list[AuditEvent]) -> VerifyResu
     return result
 
 
-def verify_database(session: Session) -> VerifyResult:
-    """Verify the whole chain in the database, streaming, and compare with the head."""
+def verify_database(
+    session: Session, *, check_signature: Callable[[AuditCheckpoint], str | None] | None = None
+) -> VerifyResult:
+    """Verify the whole chain in the database, streaming; compare with the head and with every
+    signed checkpoint (and, given `check_signature`, its signature: it returns a problem or
+    None). Run it in one snapshot (`Database.snapshot_session`) so concurrent appends cannot
+    look like tampering."""
+    head = session.get(AuditHead, HEAD_ID)
     rows = session.execute(
         select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000)
     )
     result = verify_events(row for (row,) in rows)
-    if result.ok:
-        head = session.get(AuditHead, HEAD_ID)
-        if head is not None and (head.seq, head.hash) != (result.last_seq, result.last_hash):
-            result.broken = Break(
-                result.last_seq + 1,
-                f"chain head says event {head.seq} but the trail ends at {result.last_seq} "
-                "(events deleted from the end)",
-            )
+    if not result.ok:
+        return result
+    if head is not None and (head.seq, head.hash) != (result.last_seq, result.last_hash):
+        result.broken = Break(
+            result.last_seq + 1,
+            f"chain head says event {head.seq} but the trail ends at {result.last_seq} "
+            "(events deleted from the end)",
+        )
+        return result
+    _verify_checkpoints(session, result, check_signature)
     return result
+
+
+def _verify_checkpoints(
+    session: Session,
+    result: VerifyResult,
+    check_signature: Callable[[AuditCheckpoint], str | None] | None,
+) -> None:
+    """Every checkpoint must name an event of the chain with exactly that hash (one signed
+    beyond the end means events were cut off and the head rewritten)."""
+    checkpoints = session.scalars(
+        select(AuditCheckpoint).order_by(AuditCheckpoint.seq, AuditCheckpoint.id)
+    ).all()
+    hashes: dict[int, str] = {
+        seq: hash_
+        for seq, hash_ in session.execute(
+            select(AuditEvent.seq, AuditEvent.hash).where(
+                AuditEvent.seq.in_({c.seq for c in checkpoints})
+            )
+        )
+    }
+    for checkpoint in checkpoints:
+        if hashes.get(checkpoint.seq) != checkpoint.hash:
+            result.broken = Break(
+                checkpoint.seq,
+                f"differs from the checkpoint signed at {format_ts(checkpoint.signed_at)} "
+                "(the trail was rewritten after it was signed)",
+            )
+            return
+        if check_signature is not None:
+            problem = check_signature(checkpoint)
+            if problem is not None:
+                result.broken = Break(checkpoint.seq, f"checkpoint {problem}")
+                return
+            result.signatures += 1
+        result.checkpoints += 1

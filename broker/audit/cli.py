@@ -11,24 +11,31 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flask import current_app
 from flask.cli import with_appcontext
 
 from broker.audit.chain import AuditLog, EventContext, NewEvent, verify_database
-from broker.audit.checkpoints import generate_key_pair, load_public_key
+from broker.audit.checkpoints import (
+    InvalidCheckpoint,
+    checkpoint_record,
+    generate_key_pair,
+    load_public_key,
+    load_signing_key,
+    verify_checkpoint,
+)
 from broker.audit.export import (
     FORMATS,
     ExportFilter,
     as_format,
     count_events,
     export,
-    snapshot_session,
 )
 from broker.audit.report import build_report, report_csv, report_html
 from broker.audit.verify_file import verify_file
 from broker.db import get_database
 from broker.errors import BrokerError
-from broker.models import utcnow
+from broker.models import AuditCheckpoint, utcnow
 from broker.policy_store import get_policy
 
 
@@ -64,7 +71,8 @@ def audit_cli() -> None:
 @click.option(
     "--public-key",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Ed25519 public key (PEM) that signed the checkpoints; needed with FILE.",
+    help="Ed25519 public key (PEM) that signed the checkpoints; needed with FILE. For the "
+    "database it defaults to the public half of BROKER_AUDIT_SIGNING_KEY_FILE.",
 )
 @click.option(
     "--strict",
@@ -74,7 +82,7 @@ def audit_cli() -> None:
 def verify_command(file: Path | None, public_key: Path | None, strict: bool) -> None:
     """Verify the chain in the database, or an exported FILE offline (naming the broken line)."""
     if file is None:
-        _verify_database()
+        _verify_database(public_key)
         return
     if public_key is None:
         raise click.UsageError("Verifying a file needs --public-key (the checkpoint signing key).")
@@ -93,14 +101,45 @@ def verify_command(file: Path | None, public_key: Path | None, strict: bool) -> 
 
 
 @with_appcontext
-def _verify_database() -> None:
-    with get_database(current_app).session() as session:
-        result = verify_database(session)
-    if result.ok:
-        click.echo(f"audit chain OK: {result.checked} events, head {result.last_hash[:16]}")
-        return
-    click.echo(str(result.broken), err=True)
-    raise SystemExit(1)
+def _verify_database(public_key: Path | None) -> None:
+    """Verify the chain, its head and its signed checkpoints in one snapshot (never blocking
+    writers), with the given public key or the configured signing key's public half."""
+    try:
+        key = _database_key(public_key)
+    except BrokerError as exc:
+        raise click.ClickException(exc.explain()) from exc
+    check = None
+    if key is not None:
+        verifying_key = key
+
+        def check(checkpoint: AuditCheckpoint) -> str | None:
+            try:
+                verify_checkpoint(verifying_key, checkpoint_record(checkpoint))
+            except InvalidCheckpoint as exc:
+                return str(exc)
+            return None
+
+    with get_database(current_app).snapshot_session() as session:
+        result = verify_database(session, check_signature=check)
+    if not result.ok:
+        click.echo(str(result.broken), err=True)
+        raise SystemExit(1)
+    signed = (
+        f", {result.signatures} signatures verified"
+        if key is not None
+        else " (signatures not checked: no key given or configured)"
+    )
+    click.echo(
+        f"audit chain OK: {result.checked} events, head {result.last_hash[:16]}; "
+        f"{result.checkpoints} checkpoints match{signed}"
+    )
+
+
+def _database_key(public_key: Path | None) -> Ed25519PublicKey | None:
+    if public_key is not None:
+        return load_public_key(public_key)
+    configured = current_app.config.get("AUDIT_SIGNING_KEY_FILE")
+    return load_signing_key(configured).public_key() if configured else None
 
 
 @audit_cli.command("export")
@@ -142,7 +181,7 @@ def export_command(
                 details={"format": fmt, "filters": flt.describe()},
             ),
         )
-    with snapshot_session(database) as session, _open(output) as out:
+    with database.snapshot_session() as session, _open(output) as out:
         if not show_progress:
             for chunk in export(session, as_format(fmt), flt, now=utcnow()):
                 out.write(chunk)
@@ -180,7 +219,7 @@ def report_command(since: datetime, until: datetime, fmt: str, output: Path | No
     """Per person and per role: grants, sessions, approvals, revocations, end dates kept."""
     if until <= since:
         raise click.BadParameter("--until must be after --since", param_hint="--until")
-    with snapshot_session(get_database(current_app)) as session:
+    with get_database(current_app).snapshot_session() as session:
         report = build_report(session, since, until, now=utcnow())
     text = report_csv(report) if fmt == "csv" else report_html(report)
     with _open(output) as out:

@@ -11,19 +11,17 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from broker.audit.chain import CHAINED_FIELDS, GENESIS, canonical_json, format_ts
 from broker.audit.checkpoints import checkpoint_record
 from broker.audit.ocsf import to_ocsf
-from broker.db import Database
 from broker.models import AuditCheckpoint, AuditEvent
 
 Format = Literal["jsonl", "csv", "ocsf"]
@@ -130,37 +128,6 @@ class ExportFilter:
 
 
 # -- reading ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def snapshot_session(database: Database) -> Iterator[Session]:
-    """A read-only session over one consistent snapshot that never blocks audit appends.
-
-    The broker's SQLite sessions open with `BEGIN IMMEDIATE` (the write lock); a long export
-    must not hold it, so SQLite reads go through their own engine with a deferred `BEGIN` (a
-    WAL snapshot). PostgreSQL reads run in a REPEATABLE READ transaction.
-    """
-    if database.dialect == "sqlite":
-        engine = create_engine(database.url, connect_args={"timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
-
-        try:
-            with Session(engine) as session, session.begin():
-                yield session
-        finally:
-            engine.dispose()
-        return
-    with database.engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with Session(bind=conn) as session, session.begin():
-            yield session
 
 
 def _window(session: Session, flt: ExportFilter) -> tuple[int, int] | None:

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, request, stream_with_context
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.audit import EventContext, NewEvent
-from broker.audit.export import FORMATS, ExportFilter, as_format, export, snapshot_session
+from broker.audit.export import FORMATS, ExportFilter, as_format, export
 from broker.auth.websession import current_caller
 from broker.db import get_database
 from broker.errors import AuditUnavailable, BadRequest, Forbidden
@@ -53,7 +53,7 @@ def export_view() -> Response:
     database = get_database()
 
     def generate() -> Iterator[str]:
-        with snapshot_session(database) as session:
+        with database.snapshot_session() as session:
             yield from export(session, export_format, flt, now=now)
 
     media_type, extension = MEDIA_TYPES[fmt]

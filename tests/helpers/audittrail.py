@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit import AuditLog, EventContext, NewEvent
 from broker.audit.checkpoints import sign_head
-from broker.audit.export import ExportFilter, Format, export, snapshot_session
+from broker.audit.export import ExportFilter, Format, export
 from broker.db import Database
 
 START = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
@@ -94,7 +94,7 @@ def seed(
 
 def export_text(database: Database, fmt: Format, flt: ExportFilter | None = None) -> str:
     """The whole export as one string."""
-    with snapshot_session(database) as session:
+    with database.snapshot_session() as session:
         return "".join(export(session, fmt, flt, now=START))
 
 
