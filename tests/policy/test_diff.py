@@ -495,6 +495,8 @@ def _statement(**fields: object) -> dict[str, object]:
             "narrows",
             "managed policies: + arn:aws:iam::aws:policy/ReadOnlyAccess",
         ),
+        ({"region": "eu-west-1"}, {"region": "us-east-1"}, "changes", "eu-west-1 → us-east-1"),
+        ({"sensitive": False}, {"sensitive": True}, "changes", "now marked sensitive"),
     ],
 )
 def test_conditions_are_compared_with_a_direction(
@@ -504,6 +506,10 @@ def test_conditions_are_compared_with_a_direction(
     (ent,) = result.entitlements
     (change,) = [c for c in ent.changes if text in c.text]
     assert change.direction is Direction(direction)
+
+
+def test_a_new_description_changes_no_access() -> None:
+    assert diff_policies(_policy(description="old"), _policy(description="new")).empty
 
 
 def test_a_removed_deny_statement_widens_the_session_policy() -> None:

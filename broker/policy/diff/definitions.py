@@ -187,12 +187,44 @@ def entitlement_changes(old: Entitlement, new: Entitlement) -> list[Change]:
     found += _approval_changes(old, new)
     found.append(network_change(old.network, new.network))
     found += scope_changes(old, new)
+    found += _other_fields(old, new)
     if old.sensitive != new.sensitive:
         # Dropping the mark widens what may pass review unnoticed; adding it changes no access.
         direction = Direction.WIDENS if old.sensitive else Direction.CHANGES
         text = "no longer marked sensitive" if old.sensitive else "now marked sensitive"
         found.append(Change("sensitive", direction, text, old.sensitive, new.sensitive))
     return [c for c in found if c is not None]
+
+
+_COMPARED = {
+    "id", "role_arn", "allow", "max_duration", "max_grant", "require_mfa", "require_reason",
+    "approval", "network", "session_policy", "managed_policy_arns", "sensitive",
+}  # fmt: skip
+_NO_ACCESS = {"description": None, "region": "default region"}
+"""Fields that change no access: left out, or shown as a neutral change under this name."""
+
+
+def _other_fields(old: Entitlement, new: Entitlement) -> list[Change]:
+    """Fields compared above are skipped; any other field that differs is shown, and one whose
+    meaning for access this module does not know counts as widening, so a reviewer looks."""
+    changes = []
+    for name in type(old).model_fields:
+        if name in _COMPARED or getattr(old, name) == getattr(new, name):
+            continue
+        before, after = getattr(old, name), getattr(new, name)
+        if name in _NO_ACCESS:
+            label = _NO_ACCESS[name]
+            if label:
+                text = f"{label} {before or '(none)'} → {after or '(none)'}"
+                changes.append(Change(name, Direction.CHANGES, text, _value(before), _value(after)))
+            continue
+        text = f"{name} {before!r} → {after!r} (review it: its effect on access is not compared)"
+        changes.append(Change(name, Direction.WIDENS, text, _value(before), _value(after)))
+    return changes
+
+
+def _value(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _approval_changes(old: Entitlement, new: Entitlement) -> Sequence[Change | None]:

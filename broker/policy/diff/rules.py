@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -242,6 +243,12 @@ def role_diffs(
     return [RuleDiff(section, "changed", section, "", tuple(changes))]
 
 
+_SETTINGS_COMPARED = {
+    "entitlements", "people", "deny", "auditors", "admins", "default_kind", "kind_claim",
+    "mfa_acr_values", "origins",
+}  # fmt: skip
+
+
 def settings_diffs(old: PolicySet, new: PolicySet) -> list[RuleDiff]:
     """Changed policy-wide settings: default kind, the kind claim, acr values counted as MFA."""
     changes: list[Change] = []
@@ -260,6 +267,13 @@ def settings_diffs(old: PolicySet, new: PolicySet) -> list[RuleDiff]:
     for value in sorted(old.mfa_acr_values - new.mfa_acr_values):
         text = f"acr {value} no longer counts as MFA"
         changes.append(Change("mfa_acr_values", Direction.NARROWS, text, value, None))
+    for item in dataclasses.fields(PolicySet):
+        if item.name in _SETTINGS_COMPARED:
+            continue
+        before, after = getattr(old, item.name), getattr(new, item.name)
+        if before != after:
+            text = f"{item.name} {before!r} → {after!r} (review it: its effect is not compared)"
+            changes.append(Change(item.name, Direction.WIDENS, text, str(before), str(after)))
     if not changes:
         return []
     return [RuleDiff("settings", "changed", "settings", "", tuple(changes))]
