@@ -17,7 +17,13 @@ from click.testing import CliRunner
 
 from broker.cli.policy import policy
 from broker.policy import Evaluator, Identity, PolicySet, RequestContext
-from broker.policy.diff import Direction, DirectoryPerson, diff_policies, load_directory
+from broker.policy.diff import (
+    Direction,
+    DirectoryPerson,
+    diff_policies,
+    load_directory,
+    summary,
+)
 from broker.policy.issues import PolicyLoadError
 
 AT = "2026-11-01T00:00:00"
@@ -508,6 +514,24 @@ def test_conditions_are_compared_with_a_direction(
     assert change.direction is Direction(direction)
 
 
+def test_the_published_schema_knows_the_sensitive_mark() -> None:
+    result = CliRunner().invoke(policy, ["schema"])
+    entitlement = json.loads(result.stdout)["$defs"]["Entitlement"]["properties"]
+    assert entitlement["sensitive"]["type"] == "boolean"
+    assert "policy diff" in entitlement["sensitive"]["description"]
+
+
+def test_the_summary_counts_entitlements_not_changes() -> None:
+    read = {"Sid": "Read", "Effect": "Allow", "Action": "s3:Get*", "Resource": "*"}
+    logs = {"Sid": "Logs", "Effect": "Allow", "Action": "logs:Get*", "Resource": "*"}
+    wider = [{**read, "Action": "s3:*"}, {**logs, "Action": "logs:*"}]
+    before = _policy(session_policy={"Version": "2012-10-17", "Statement": [read, logs]})
+    after = _policy(session_policy={"Version": "2012-10-17", "Statement": wider})
+    result = diff_policies(before, after)
+    assert len(result.entitlements[0].changes) == 2
+    assert summary(result) == "1 entitlement widens its session policy"
+
+
 def test_a_new_description_changes_no_access() -> None:
     assert diff_policies(_policy(description="old"), _policy(description="new")).empty
 
@@ -521,9 +545,12 @@ def test_a_removed_deny_statement_widens_the_session_policy() -> None:
     (change,) = ent.changes
     assert change.direction is Direction.WIDENS
     assert change.text == ("session policy statement NoDelete removed: Deny Action s3:Delete* on *")
-    # Reordering statements changes nothing.
-    reordered = _policy(session_policy={"Version": "2012-10-17", "Statement": [deny, allow]})
-    assert diff_policies(before, reordered).empty
+    # Reordering statements, or the actions in one, changes nothing.
+    turned = {**deny, "Action": ["s3:DeleteObject", "s3:DeleteBucket"]}
+    before = _policy(session_policy={"Version": "2012-10-17", "Statement": [allow, turned]})
+    turned = {**deny, "Action": ["s3:DeleteBucket", "s3:DeleteObject"]}
+    after = _policy(session_policy={"Version": "2012-10-17", "Statement": [turned, allow]})
+    assert diff_policies(before, after).empty
 
 
 def _git(repo: Path, *args: str) -> None:

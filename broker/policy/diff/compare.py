@@ -103,13 +103,10 @@ def _changed(
 ) -> ChangedEntitlements:
     """Sort the changed entitlements by what a person could notice of each change."""
 
-    def having(*fields: str, invert: bool = False) -> list[str]:
-        return [
-            ent_id
-            for ent_id, changes in definitions.items()
-            if any((c.field in fields) != invert for c in changes)
-        ]
+    def having(*fields: str) -> list[str]:
+        return [i for i, changes in definitions.items() if any(c.field in fields for c in changes)]
 
+    who = ("entitlement", "allow", "deny")
     return ChangedEntitlements(
         who=having("entitlement", "allow"),
         deny=having("deny"),
@@ -117,7 +114,12 @@ def _changed(
             *(r.match for r in old.deny if r not in new.deny),
             *(r.match for r in new.deny if r not in old.deny),
         ],
-        terms=having("entitlement", "allow", "deny", invert=True),
+        # Conditions that loosen or tighten; not a neutral one such as the default region.
+        terms=[
+            ent_id
+            for ent_id, changes in definitions.items()
+            if any(c.field not in who and c.direction is not Direction.CHANGES for c in changes)
+        ],
         approvers=having("entitlement", "approval", "approvers"),
     )
 

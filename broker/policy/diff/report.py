@@ -92,11 +92,11 @@ def summary(diff: PolicyDiff) -> str:
     fresh = [e.id for e in ents if e.status == "added" and not e.gained]
     items += _named(fresh, "new entitlement", "new entitlements", "")
     counts = Counter(
-        (c.field, c.direction)
+        key
         for ent in ents
         if ent.status == "changed"
-        for c in ent.changes
-        if not (c.field == "allow" and diff.directory_size is not None)
+        for key in {(c.field, c.direction) for c in ent.changes}  # once per entitlement
+        if not (key[0] == "allow" and diff.directory_size is not None)
     )
     for key, (one, many) in _PHRASES.items():
         if counts[key]:

@@ -31,15 +31,9 @@ class Statement:
 
     @property
     def key(self) -> tuple[object, ...]:
-        """Everything but the label: two statements with equal keys mean the same."""
-        return (
-            self.effect,
-            self.action,
-            self.not_action,
-            self.resource,
-            self.not_resource,
-            self.conditions,
-        )
+        """Everything but the label, lists sorted: statements with equal keys mean the same."""
+        lists = (self.action, self.not_action, self.resource, self.not_resource)
+        return (self.effect, *(tuple(sorted(v)) if v else v for v in lists), self.conditions)
 
     def describe(self) -> str:
         """Say what it does, e.g. ``Allow s3:GetObject on arn:aws:s3:::b/*``."""
