@@ -182,8 +182,14 @@ def _load_side(side: Side, *, warn: bool) -> LoadedPolicy | None:
 
 @policy.command()
 @click.argument("directories", nargs=-1, type=_DIR, metavar="[OLD NEW | DIR]")
-@click.option("--base", help="Git revision of the old side (default: merge base of HEAD and main).")
-@click.option("--head", help="Git revision of the new side (default: the files on disk).")
+@click.option(
+    "--base",
+    metavar="REV",
+    help="Git revision of the old side (default: merge base of HEAD and main).",
+)
+@click.option(
+    "--head", metavar="REV", help="Git revision of the new side (default: the files on disk)."
+)
 @click.option(
     "--directory",
     "--people",
