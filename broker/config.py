@@ -31,6 +31,7 @@ class Settings(BaseModel):
     SECRET_KEY: str | None = None
     DATABASE_URL: str = ""
     POLICY_DIR: str = "policies"
+    POLICY_RELOAD_SECONDS: float = Field(default=10.0, gt=0, le=3600)
     BASE_URL: str | None = None
     TRUSTED_PROXIES: tuple[str, ...] = ()
     AWS_REGION: str = "us-east-1"

@@ -10,7 +10,15 @@ when a worker or the scheduler restarts:
 - ``broker_revocation_latency_seconds``: queue-to-IAM time of revocations applied in the last
   hour (a summary's count and sum, plus the maximum as a gauge);
 - ``broker_revocation_failures_total``: ``revocation.failed`` audit events;
-- ``broker_scheduler_heartbeat_age_seconds{holder}``: time since each scheduler's last heartbeat.
+- ``broker_scheduler_heartbeat_age_seconds{holder}``: time since each scheduler's last heartbeat;
+- ``broker_policy_reloads_total{outcome}``: ``policy.reload`` (``in_force``) and
+  ``policy.reload_refused`` (``refused``) audit events, from every process.
+
+One exception, the policy this process serves (:class:`PolicyCollector`, also on the
+scheduler's port): ``broker_policy_files_refused`` is 1 while the files on disk are refused and
+an older policy stays in force, and ``broker_policy_info{version,source}`` names the version.
+Every process watches the directory itself, so the workers agree within
+``POLICY_RELOAD_SECONDS``; alert on ``max(broker_policy_files_refused) > 0``.
 
 Job runs and failures of a scheduler process are process-local counters, served by the
 scheduler itself on ``SCHEDULER_METRICS_PORT`` (see :mod:`broker.scheduler.core`): counting
@@ -43,9 +51,13 @@ from broker.models import (
     SchedulerLease,
     utcnow,
 )
+from broker.policy_store import PolicyStore, policy_store
 
 bp = Blueprint("metrics", __name__)
 EXTENSION = "broker.metrics"
+
+RELOAD_OUTCOMES = {"policy.reload": "in_force", "policy.reload_refused": "refused"}
+"""Audit action of a policy reload → the ``outcome`` label of its counter."""
 
 
 class DatabaseCollector:
@@ -87,6 +99,11 @@ class DatabaseCollector:
                 )
             ).all()
             leases = s.execute(select(SchedulerLease.holder, SchedulerLease.heartbeat_at)).all()
+            reloads = s.execute(
+                select(AuditEvent.action, func.count())
+                .where(AuditEvent.action.in_(list(RELOAD_OUTCOMES)))
+                .group_by(AuditEvent.action)
+            ).all()
 
         yield _counter("broker_credentials_issued", "Credentials issued.", int(issued or 0))
         denied = CounterMetricFamily(
@@ -132,16 +149,54 @@ class DatabaseCollector:
         for holder, beat in leases:
             beats.add_metric([holder], (now - beat).total_seconds())
         yield beats
+        outcomes = CounterMetricFamily(
+            "broker_policy_reloads",
+            "Policy reloads by all processes: new files put in force, or refused.",
+            labels=["outcome"],
+        )
+        counted = dict(reloads)
+        for action, outcome in RELOAD_OUTCOMES.items():
+            outcomes.add_metric([outcome], counted.get(action, 0))
+        yield outcomes
+
+
+class PolicyCollector:
+    """The policy this process serves, and whether the files on disk were refused."""
+
+    def __init__(self, store: PolicyStore) -> None:
+        self.store = store
+
+    def describe(self) -> list[Metric]:
+        """No up-front description: samples are only known at scrape time."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """This process's view of its policy."""
+        status = self.store.status
+        yield GaugeMetricFamily(
+            "broker_policy_files_refused",
+            "1 while the policy files on disk are refused and an older policy stays in force.",
+            value=1 if status.refused is not None else 0,
+        )
+        info = GaugeMetricFamily(
+            "broker_policy_info",
+            "The policy version in force in this process, and where it was loaded from.",
+            labels=["version", "source"],
+        )
+        info.add_metric([status.version, status.source], 1)
+        yield info
 
 
 def _counter(name: str, documentation: str, value: int) -> CounterMetricFamily:
     return CounterMetricFamily(name, documentation, value=value)
 
 
-def registry_for(database: Database) -> CollectorRegistry:
-    """A registry holding only the database collector (no process metrics of one worker)."""
+def registry_for(database: Database, store: PolicyStore | None = None) -> CollectorRegistry:
+    """A registry of the database collector and this process's policy (no other process data)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(database))
+    if store is not None:
+        registry.register(PolicyCollector(store))
     return registry
 
 
@@ -150,6 +205,6 @@ def metrics() -> Response:
     """Prometheus text exposition of the broker's database-derived metrics."""
     registry: CollectorRegistry | None = current_app.extensions.get(EXTENSION)
     if registry is None:
-        registry = registry_for(get_database(current_app))
+        registry = registry_for(get_database(current_app), policy_store(current_app))
         current_app.extensions[EXTENSION] = registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -317,3 +317,22 @@ class SchedulerLease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(255))
     heartbeat_at: Mapped[datetime]
+
+
+class PolicyVersion(Base):
+    """A policy version that validated and was put in force, with its files.
+
+    Audit events name the policy version they were decided under; this table holds what that
+    version said. The most recently loaded row is the last good policy: a process that starts
+    while the files on disk are bad serves it instead of refusing to start.
+    """
+
+    __tablename__ = "policy_versions"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    files: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """File name → UTF-8 text, exactly the bytes that hash to `version`."""
+    source_dir: Mapped[str] = mapped_column(String(1024))
+    first_loaded_at: Mapped[datetime]
+    last_loaded_at: Mapped[datetime] = mapped_column(index=True)
+    loaded_by: Mapped[str] = mapped_column(String(255))

@@ -25,7 +25,15 @@ from broker.policy.iam import (
     check_session_policy,
     policy_json_compact,
 )
-from broker.policy.loader import LoadedPolicy, PolicyIssue, PolicyLoadError, load_policy_dir
+from broker.policy.loader import (
+    LoadedPolicy,
+    PolicyFiles,
+    PolicyIssue,
+    PolicyLoadError,
+    load_policy_dir,
+    load_policy_files,
+    read_policy_files,
+)
 from broker.policy.model import (
     DenyRule,
     Entitlement,
@@ -51,6 +59,7 @@ __all__ = [
     "Person",
     "PersonRule",
     "PolicyFile",
+    "PolicyFiles",
     "PolicyIssue",
     "PolicyLoadError",
     "PolicySet",
@@ -62,9 +71,11 @@ __all__ = [
     "format_duration",
     "load_cases",
     "load_policy_dir",
+    "load_policy_files",
     "parse_duration",
     "policy_json_compact",
     "policy_json_schema",
+    "read_policy_files",
     "run_cases",
     "tests_dir",
 ]

@@ -27,10 +27,13 @@ from broker.policy.yamlsource import YamlProblem, line_of, parse_yaml, paused_gc
 
 __all__ = [
     "LoadedPolicy",
+    "PolicyFiles",
     "PolicyIssue",
     "PolicyLoadError",
     "load_policy_dir",
+    "load_policy_files",
     "read_policy_bytes",
+    "read_policy_files",
     "read_yaml_file",
 ]
 
@@ -55,6 +58,31 @@ class LoadedPolicy:
     warnings: list[PolicyIssue]
     source_dir: Path
     evaluator: Evaluator
+
+
+@dataclass(frozen=True)
+class PolicyFiles:
+    """The bytes of a policy directory's files as read at one moment, before any parsing.
+
+    Reading and validating are apart so a reloading process hashes what it read, skips a
+    version it already has or already refused, and validates exactly the bytes it hashed.
+    """
+
+    directory: Path
+    contents: tuple[tuple[str, bytes], ...]
+    """(file name, bytes) of each file read, sorted by name."""
+    unreadable: tuple[PolicyIssue, ...] = ()
+    """Files that could not be read (or are too large), each with why."""
+
+    @property
+    def version(self) -> str:
+        """SHA-256 over every file's name and bytes: the policy version hash."""
+        digest = hashlib.sha256()
+        for name, raw in self.contents:
+            digest.update(name.encode() + b"\0" + raw + b"\0")
+        for issue in self.unreadable:
+            digest.update(b"\1" + str(issue).encode() + b"\0")
+        return digest.hexdigest()
 
 
 @dataclass
@@ -120,6 +148,11 @@ def load_policy_dir(path: str | Path) -> LoadedPolicy:
 
     Raises PolicyLoadError listing every problem in every file when anything is wrong.
     """
+    return load_policy_files(read_policy_files(path))
+
+
+def read_policy_files(path: str | Path) -> PolicyFiles:
+    """Read the policy files of a directory (bounded per file); raise PolicyLoadError if none."""
     directory = Path(path)
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
@@ -138,34 +171,42 @@ def load_policy_dir(path: str | Path) -> LoadedPolicy:
                 )
             ]
         )
-    issues: list[PolicyIssue] = []
-    digest = hashlib.sha256()
+    contents: list[tuple[str, bytes]] = []
+    unreadable: list[PolicyIssue] = []
+    for file_path in paths:
+        raw = read_policy_bytes(file_path)
+        if isinstance(raw, PolicyIssue):
+            unreadable.append(raw)
+        else:
+            contents.append((file_path.name, raw))
+    return PolicyFiles(directory, tuple(contents), tuple(unreadable))
+
+
+def load_policy_files(files: PolicyFiles) -> LoadedPolicy:
+    """Parse and validate files already read; raise PolicyLoadError listing every problem."""
+    directory = files.directory
+    issues: list[PolicyIssue] = list(files.unreadable)
     with paused_gc():
-        files: list[_File] = []
-        for file_path in paths:
-            raw = read_policy_bytes(file_path)
-            if isinstance(raw, PolicyIssue):
-                issues.append(raw)
-                files.append(_File(str(file_path), file_path.name, None))
-                continue
-            digest.update(file_path.name.encode() + b"\0" + raw + b"\0")
-            files.append(_parse(file_path, raw, issues))
-        if not _within_entitlement_cap(files, issues):
+        parsed_files = [_File(i.path, Path(i.path).name, None) for i in files.unreadable]
+        for name, raw in files.contents:
+            parsed_files.append(_parse(directory / name, raw, issues))
+        parsed_files.sort(key=lambda f: f.name)
+        if not _within_entitlement_cap(parsed_files, issues):
             raise PolicyLoadError(issues)
-        for file in files:
+        for file in parsed_files:
             _validate(file, issues)
-        _required_sections(directory, files, issues)
-        parsed = [f for f in files if f.parsed is not None]
+        _required_sections(directory, parsed_files, issues)
+        parsed = [f for f in parsed_files if f.parsed is not None]
         origins = _cross_checks(directory, parsed, issues)
         policy = PolicySet.from_files([f.parsed for f in parsed if f.parsed], origins)
         issues.extend(_warnings(parsed, policy))
         # Free the node trees (a few objects per YAML value) before the collector runs again.
-        del files, parsed
+        del parsed_files, parsed
         if any(i.severity == "error" for i in issues):
             raise PolicyLoadError(issues)
         evaluator = Evaluator(policy)
     warnings = sorted(issues, key=lambda i: (i.path, i.line or 0))
-    return LoadedPolicy(policy, digest.hexdigest(), warnings, directory, evaluator)
+    return LoadedPolicy(policy, files.version, warnings, directory, evaluator)
 
 
 def _parse(file_path: Path, raw: bytes, issues: list[PolicyIssue]) -> _File:

@@ -12,8 +12,13 @@ One process or many: on PostgreSQL rows are claimed with ``SKIP LOCKED`` and per
 advisory locks, so each grant is expired, revoked and audited once whatever the number of
 schedulers; on SQLite a lease makes a second scheduler refuse to start (:mod:`.lease`).
 
-Process-local counters (job runs and failures) are kept in a registry of this scheduler and
-served on ``SCHEDULER_METRICS_PORT`` when set; the web ``/metrics`` reads the database.
+The policy directory is checked every ``POLICY_RELOAD_SECONDS`` and on SIGHUP
+(:meth:`Scheduler.check_policy`): a valid change is in force for the next pass, a bad one is
+refused and reported while the last good policy stays (:mod:`broker.policy_store`).
+
+Process-local counters (job runs and failures) and the policy this process serves are kept in a
+registry of this scheduler and served on ``SCHEDULER_METRICS_PORT`` when set; the web
+``/metrics`` reads the database.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from broker.audit.checkpoints import load_signing_key, sign_head
 from broker.db import Database, get_database
 from broker.grants import GrantService
 from broker.locks import try_xact_lock
+from broker.metrics import PolicyCollector
 from broker.models import Grant, GrantStatus, utcnow
-from broker.policy_store import get_policy
+from broker.policy_store import get_policy, policy_store
 from broker.revocation import RoleRevoker
 from broker.scheduler.lease import Lease
 from broker.scheduler.revocations import PassResult, RevocationApplier
@@ -90,6 +96,8 @@ class Scheduler:
         self.metrics_port: int | None = cfg.get("SCHEDULER_METRICS_PORT")
         # Loopback unless told otherwise: a scrape agent on the host, not the whole network.
         self.metrics_address = str(cfg.get("SCHEDULER_METRICS_ADDRESS") or "127.0.0.1")
+        self.policy = policy_store(app)
+        self.policy_seconds = float(cfg.get("POLICY_RELOAD_SECONDS", 10.0))
         iam = iam_client if iam_client is not None else services(app).iam
         revoker_args: dict[str, Any] = {"clock": clock, "max_attempts": 3, "base_delay": 0.5}
         if sleep is not None:
@@ -121,6 +129,7 @@ class Scheduler:
             ["job"],
             registry=self.registry,
         )
+        self.registry.register(PolicyCollector(self.policy))
         self._expiry_lock = threading.Lock()
         self._revoke_lock = threading.Lock()
         self._expiry_gate, self._expiry_dirty = threading.Lock(), threading.Event()
@@ -141,6 +150,10 @@ class Scheduler:
         return GrantService(
             self.db, get_policy(self.app), shared.issuer, shared.role_limits, clock=self.clock
         )
+
+    def check_policy(self, *, force: bool = False) -> bool:
+        """Look at the policy directory now; True when a new policy was put in force."""
+        return self.policy.check(force=force, client="scheduler")
 
     def expire_due(self) -> list[str]:
         """End every active grant past its expiry, in batches; return the ids this node ended."""
@@ -261,6 +274,13 @@ class Scheduler:
             "interval",
             seconds=self.sweep_seconds,
             id="sweep",
+            next_run_time=now,
+        )
+        aps.add_job(
+            self._job("policy", self.check_policy),
+            "interval",
+            seconds=self.policy_seconds,
+            id="policy",
             next_run_time=now,
         )
         beat = min(self.sweep_seconds, self.lease.stale_after.total_seconds() / 3)
