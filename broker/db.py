@@ -5,21 +5,37 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.dbwatch import watch
+
 EXTENSION = "broker.db"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long the broker waits on its database before answering "unavailable" (503).
+
+    PostgreSQL: connecting, any one statement, waiting for a row lock. SQLite: waiting for the
+    write lock (busy timeout).
+    """
+
+    connect_seconds: int = 5
+    statement_seconds: int = 30
+    lock_seconds: int = 10
 
 
 class Database:
     """One engine and session factory per application (or per scheduler process)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, timeouts: Timeouts | None = None) -> None:
         self.url = url
-        self.engine = make_engine(url, echo=echo)
+        self.engine = make_engine(url, echo=echo, timeouts=timeouts or Timeouts())
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._readers = sessionmaker(
             self.engine.execution_options(broker_read_only=True), expire_on_commit=False
@@ -76,8 +92,10 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys."""
+def make_engine(url: str, *, echo: bool = False, timeouts: Timeouts | None = None) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys; PostgreSQL gets
+    connect, statement and lock timeouts."""
+    limits = timeouts or Timeouts()
     if url.startswith("sqlite"):
         engine = create_engine(
             url, echo=echo, connect_args={"timeout": 30}, json_serializer=canonical_json
@@ -89,7 +107,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={limits.lock_seconds * 1000:d}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
@@ -104,19 +122,40 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=20,
+        pool_timeout=limits.connect_seconds,
         json_serializer=canonical_json,
+        connect_args={"connect_timeout": limits.connect_seconds},
     )
+
+    @event.listens_for(engine, "connect")
+    def _pg_timeouts(dbapi_conn: Any, _record: Any) -> None:
+        # A statement or a lock wait that outlives these fails fast, and the request gets a 503.
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET statement_timeout = {limits.statement_seconds * 1000:d}")
+            cur.execute(f"SET lock_timeout = {limits.lock_seconds * 1000:d}")
+        dbapi_conn.commit()
+
+    # Client-side deadlines (a frozen server enforces nothing) and the checkout ping.
+    watch(engine, statement_seconds=limits.statement_seconds, ping_seconds=limits.connect_seconds)
+    return engine
 
 
 def init_app(app: Flask) -> None:
     """Attach a Database to the app and close the request's session at teardown."""
-    app.extensions[EXTENSION] = Database(app.config["DATABASE_URL"])
+    cfg = app.config
+    app.extensions[EXTENSION] = Database(
+        cfg["DATABASE_URL"],
+        timeouts=Timeouts(
+            connect_seconds=int(cfg["DB_CONNECT_TIMEOUT_SECONDS"]),
+            statement_seconds=int(cfg["DB_STATEMENT_TIMEOUT_SECONDS"]),
+            lock_seconds=int(cfg["DB_LOCK_TIMEOUT_SECONDS"]),
+        ),
+    )
     app.teardown_appcontext(_close_session)
 
 

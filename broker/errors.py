@@ -99,3 +99,11 @@ class ServiceUnavailable(BrokerError):
 
     code = "service_unavailable"
     status = 503
+
+
+class DatabaseUnavailable(BrokerError):
+    """The database did not answer (down, hung past its timeouts, or out of space)."""
+
+    code = "database_unavailable"
+    status = 503
+    retry_after = 5  # seconds, sent as Retry-After

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from werkzeug.exceptions import HTTPException
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,23 @@ def init_app(app: Flask) -> None:
         response = jsonify(code=code, message=message)
         response.status_code = exc.code or 500
         return response
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(SATimeoutError)
+    def _database_down(exc: Exception) -> Response:
+        # An expected outage: one line, no traceback (a 30 s outage must not flood the logs).
+        cause = getattr(exc, "orig", None) or exc
+        log.warning(
+            "database unavailable: %s: %s",
+            type(cause).__name__,
+            str(cause).strip().splitlines()[0][:200] if str(cause).strip() else "",
+        )
+        error = DatabaseUnavailable(
+            "The broker's database is not answering, so nothing was done.",
+            hint="Try again in a few seconds; if it persists, tell the platform team.",
+        )
+        return _broker_error(error)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response | tuple[Response, int]:
