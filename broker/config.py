@@ -30,11 +30,18 @@ class Settings(BaseModel):
     ENV: Literal["production", "development", "testing"] = "production"
     SECRET_KEY: str | None = None
     DATABASE_URL: str = ""
+    DB_CONNECT_TIMEOUT_SECONDS: int = Field(default=5, ge=1, le=120)
+    DB_STATEMENT_TIMEOUT_SECONDS: int = Field(default=30, ge=1, le=3600)
+    DB_LOCK_TIMEOUT_SECONDS: int = Field(default=10, ge=1, le=600)
     POLICY_DIR: str = "policies"
     POLICY_RELOAD_SECONDS: float = Field(default=10.0, gt=0, le=3600)
     BASE_URL: str | None = None
     TRUSTED_PROXIES: tuple[str, ...] = ()
     AWS_REGION: str = "us-east-1"
+    # The region engineers' tools get when an entitlement names none (else AWS_REGION).
+    DEFAULT_CLIENT_REGION: str | None = Field(
+        default=None, pattern=r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$"
+    )
     AWS_ENDPOINT_URL: str | None = None
     STS_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=60)
     STS_MAX_ATTEMPTS: int = Field(default=4, ge=1, le=10)
