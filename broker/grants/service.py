@@ -127,6 +127,10 @@ class GrantService(IssuingMixin, EndingMixin):
         stated = principal.claims_at
         return stated is None or self.clock() - stated > self.claims_max_age
 
+    def record_best_effort(self, actor: str, meta: RequestMeta, event: NewEvent) -> None:
+        """Audit an event that accompanies a refusal; the refusal stands if this cannot be."""
+        self._best_effort_record(self._ectx(actor, meta), event)
+
     def entitlements(self, caller: Caller, meta: RequestMeta) -> list[Decision]:
         """Every entitlement and the decision for this caller (allowed ones and why not)."""
         return self.policy.evaluator.decide_all(caller.person, self._ctx(meta))

@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from flask import g, request
-from sqlalchemy.exc import SQLAlchemyError
 
-from broker.audit import AuditLog, EventContext, NewEvent
+from broker.audit import NewEvent
 from broker.auth import tokens
 from broker.auth.identity import ClaimsRefused, StaleClaims, auth_context
 from broker.auth.idtoken import InvalidIdToken
@@ -102,22 +101,14 @@ def _audit_refusal(
     service: GrantService, claims: dict[str, object], exc: ClaimsRefused, meta: RequestMeta
 ) -> None:
     """Record an ID token refused for its claims (best effort: the refusal stands either way)."""
-    context = EventContext(
-        actor=str(claims.get("email") or f"sub:{claims.get('sub')}"),
-        ip=meta.ip,
-        user_agent=meta.user_agent,
-        client=meta.client,
-        policy_version=service.policy.version,
+    service.record_best_effort(
+        str(claims.get("email") or f"sub:{claims.get('sub')}"),
+        meta,
+        NewEvent(
+            "auth.sign_in_failed",
+            target=str(claims.get("iss", "")),
+            decision="deny",
+            reason=exc.message,
+            details={"code": exc.reason, "via": "id_token_bearer"},
+        ),
     )
-    event = NewEvent(
-        "auth.sign_in_failed",
-        target=str(claims.get("iss", "")),
-        decision="deny",
-        reason=exc.message,
-        details={"code": exc.reason, "via": "id_token_bearer"},
-    )
-    try:
-        with get_database().session() as session:
-            AuditLog().append(session, context, event)
-    except SQLAlchemyError:
-        pass  # the caller is refused either way; the audit outage is logged by the database
