@@ -15,18 +15,17 @@ Each process (every web worker, the scheduler, a CLI command) holds one PolicySt
   ``POLICY_RELOAD_SECONDS`` and never making a request wait for another's check; the scheduler
   runs ``check()`` on a timer and on SIGHUP.
 
-Reports the database could not take (it is down) are kept and written by a later check: a
-policy change never waits for the database.
+What is written to the database (the version record, audit events) goes through
+:class:`broker.policy_reports.ReloadReports`: a policy change never waits for the database.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +34,6 @@ from typing import Any, Literal
 from flask import Flask, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.audit import AuditLog, EventContext, NewEvent
 from broker.db import Database, get_database
 from broker.errors import ConfigError
 from broker.models import utcnow
@@ -48,6 +46,14 @@ from broker.policy import (
     read_policy_files,
 )
 from broker.policy.loader import POLICY_SUFFIXES
+from broker.policy_reports import (
+    ReloadReports,
+    count,
+    first_line,
+    listing,
+    refusal_event,
+    reload_event,
+)
 from broker.policy_versions import PolicyVersions, StoredPolicy
 
 EXTENSION = "broker.policy"
@@ -55,12 +61,6 @@ log = logging.getLogger(__name__)
 
 RACY_NANOSECONDS = 3_000_000_000
 """A file changed this recently may change again within the same timestamp: hash it next time."""
-MAX_REPORTED_ERRORS = 50
-"""Errors quoted in an audit event or a log line; the count says how many there were."""
-MAX_REPORT_RETRY_SECONDS = 300.0
-"""Longest wait between attempts to write reports while the database fails."""
-MAX_PENDING_REPORTS = 100
-"""Reports kept while the database is down; the oldest are dropped (and logged) beyond this."""
 
 Source = Literal["directory", "database"]
 
@@ -152,10 +152,6 @@ def fingerprint(directory: Path) -> _Fingerprint:
     return _Fingerprint(tuple(entries), racy=time.time_ns() - newest < RACY_NANOSECONDS)
 
 
-def _process_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _quoted(exc: PolicyLoadError) -> tuple[str, ...]:
     return tuple(str(issue) for issue in exc.errors)
 
@@ -173,21 +169,17 @@ class PolicyStore:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.directory = directory
-        self.db = database
         self.versions = PolicyVersions(database, clock) if database is not None else None
+        self.reports = ReloadReports(
+            database, retry_base=interval, clock=clock, monotonic=monotonic
+        )
         self.interval = interval
         self.clock = clock
         self.monotonic = monotonic
-        self.audit = AuditLog(clock)
         self._lock = threading.Lock()
         self._next_check = 0.0
         self._checked_at: datetime | None = None
         self._refused: Refusal | None = None
-        self._pending: list[tuple[str | None, NewEvent, str]] = []  # client, event, version
-        self._unrecorded: PolicyFiles | None = None
-        self._failing: str | None = None  # the last report failure logged
-        self._flush_after = 0.0  # while the database fails, retries back off (monotonic time)
-        self._flush_failures = 0
         self._fingerprint = fingerprint(directory)
         self._snapshot = self._start()
 
@@ -234,7 +226,7 @@ class PolicyStore:
 
     def _check(self, force: bool, client: str | None) -> bool:
         self._checked_at = self.clock()
-        self._flush(client)
+        self.reports.write(client)
         seen = fingerprint(self.directory)
         if not force and seen == self._fingerprint and not self._fingerprint.racy:
             return False
@@ -251,7 +243,7 @@ class PolicyStore:
             if self._refused is not None:
                 self._refused = None
                 log.info("policy files in %s are back to version %s", self.directory, version)
-                self._report(client, self._reloaded(current, current, files))
+                self._reloaded(current, files, client)
             return False
         if self._refused is not None and version == self._refused.version:
             self._fingerprint = seen
@@ -280,35 +272,20 @@ class PolicyStore:
             log.warning("policy warning: %s", warning)
         self._snapshot = PolicySnapshot(loaded, loaded.evaluator, "directory", self.clock())
         self._refused = None
-        self._unrecorded = files
+        self.reports.record(files)
         log.info(
             "policy reloaded from %s: version %s in force (was %s)",
             self.directory,
             files.version,
             previous.version,
         )
-        self._report(client, self._reloaded(previous, self._snapshot, files))
+        self._reloaded(previous, files, client)
 
-    def _reloaded(
-        self, previous: PolicySnapshot, new: PolicySnapshot, files: PolicyFiles
-    ) -> NewEvent:
-        what = "the files on disk are in force again"
-        if new.version != previous.version:
-            what = f"version {new.version[:12]} in force (was {previous.version[:12]})"
-        return NewEvent(
-            "policy.reload",
-            target=str(self.directory),
-            decision="allow",
-            reason=f"policy files validated: {what}",
-            details={
-                "version": new.version,
-                "previous": previous.version,
-                "files": [name for name, _ in files.contents],
-                "warnings": len(new.loaded.warnings),
-                "process": _process_name(),
-                "observed_at": self.clock().isoformat(),
-            },
-        )
+    def _reloaded(self, previous: PolicySnapshot, files: PolicyFiles, client: str | None) -> None:
+        warnings = len(self._snapshot.loaded.warnings)
+        event = reload_event(self.directory, previous.version, files, warnings, self.clock())
+        self.reports.add(event, policy_version=self._snapshot.version, client=client)
+        self.reports.write(client)
 
     def _refuse(self, version: str | None, errors: tuple[str, ...], client: str | None) -> None:
         refusal = Refusal(version, errors, self.clock())
@@ -319,32 +296,25 @@ class PolicyStore:
         log.error(
             "policy files in %s refused (%s); version %s stays in force:\n%s",
             self.directory,
-            _count(errors),
+            count(errors),
             in_force,
-            _listing(errors),
+            listing(errors),
         )
-        self._report(client, self._refusal_event(refusal, at_start=False))
+        self._report_refusal(refusal, at_start=False, client=client)
+        self.reports.write(client)
 
-    def _refusal_event(self, refusal: Refusal, *, at_start: bool) -> NewEvent:
+    def _report_refusal(self, refusal: Refusal, *, at_start: bool, client: str | None) -> None:
         snapshot = self._snapshot
-        kept = "the last good policy from the database" if at_start else "the policy in force"
-        return NewEvent(
-            "policy.reload_refused",
-            target=str(self.directory),
-            decision="deny",
-            reason=f"policy files do not validate ({_count(refusal.errors)}); {kept} "
-            f"({snapshot.version[:12]}) stays in force",
-            details={
-                "refused_version": refusal.version,
-                "in_force": snapshot.version,
-                "source": snapshot.source,
-                "at_start": at_start,
-                "error_count": len(refusal.errors),
-                "errors": list(refusal.errors[:MAX_REPORTED_ERRORS]),
-                "process": _process_name(),
-                "observed_at": refusal.since.isoformat(),
-            },
+        event = refusal_event(
+            self.directory,
+            refusal.version,
+            refusal.errors,
+            in_force=snapshot.version,
+            source=snapshot.source,
+            at_start=at_start,
+            now=refusal.since,
         )
+        self.reports.add(event, policy_version=snapshot.version, client=client)
 
     # -- starting ----------------------------------------------------------------------------
 
@@ -357,7 +327,7 @@ class PolicyStore:
             return self._start_from_last_good(exc, files.version if files else None)
         for warning in loaded.warnings:
             log.warning("policy warning: %s", warning)
-        self._unrecorded = files  # recorded by the first check, not while the app assembles
+        self.reports.record(files)  # written by the first check, not while the app assembles
         return PolicySnapshot(loaded, loaded.evaluator, "directory", self.clock())
 
     def _start_from_last_good(self, exc: PolicyLoadError, version: str | None) -> PolicySnapshot:
@@ -384,14 +354,14 @@ class PolicyStore:
             "policy files in %s are not valid (%s); serving the last good policy %s from "
             "the database (loaded %s by %s from %s) until they are fixed:\n%s",
             self.directory,
-            _count(exc.errors),
+            count(exc.errors),
             stored.version,
             stored.last_loaded_at.isoformat(),
             stored.loaded_by,
             stored.source_dir,
-            _listing(_quoted(exc)),
+            listing(_quoted(exc)),
         )
-        self._queue(None, self._refusal_event(self._refused, at_start=True), stored.version)
+        self._report_refusal(self._refused, at_start=True, client=None)
         return snapshot
 
     def _last_good(self) -> tuple[StoredPolicy | None, str]:
@@ -400,78 +370,12 @@ class PolicyStore:
         try:
             stored = self.versions.last_good(self.directory)
         except SQLAlchemyError as exc:
-            return None, f"the database could not be read ({_first_line(exc)})"
+            return None, f"the database could not be read ({first_line(exc)})"
         if stored is None:
             return None, "none was ever recorded in the database"
         if not stored.intact:
             return None, f"the stored files of {stored.version[:12]} do not match their hash"
         return stored, ""
-
-    # -- reporting ---------------------------------------------------------------------------
-
-    def _report(self, client: str | None, event: NewEvent) -> None:
-        self._queue(client, event, self._snapshot.version)
-        self._flush(client)
-
-    def _queue(self, client: str | None, event: NewEvent, version: str) -> None:
-        self._pending.append((client, event, version))
-        if len(self._pending) > MAX_PENDING_REPORTS:
-            dropped = self._pending.pop(0)
-            log.error("policy report dropped (database down too long): %s", dropped[1].reason)
-
-    def _flush(self, client: str | None) -> None:
-        """Write what is waiting (version record, audit events); keep it if the database fails.
-
-        After a failure, retries wait (doubling up to MAX_REPORT_RETRY_SECONDS) so that a
-        database outage does not cost a connect timeout on a request every interval.
-        """
-        if self.db is None or self.versions is None:
-            self._pending.clear()
-            return
-        if self._unrecorded is None and not self._pending:
-            return
-        if self.monotonic() < self._flush_after:
-            return
-        failures: list[str] = []
-        if self._unrecorded is not None:
-            try:
-                self.versions.record(self._unrecorded, loaded_by=_process_name())
-                self._unrecorded = None
-            except SQLAlchemyError as exc:
-                failures.append(f"policy version not recorded: {_first_line(exc)}")
-        if self._pending:
-            try:
-                with self.db.session() as session:
-                    for event_client, event, version in self._pending:
-                        context = EventContext(
-                            actor="system", client=event_client or client, policy_version=version
-                        )
-                        self.audit.append(session, context, event)
-                self._pending.clear()
-            except SQLAlchemyError as exc:
-                failures.append(f"policy audit events not written: {_first_line(exc)}")
-        failing = "; ".join(failures) or None
-        if failing and failing != self._failing:  # once per distinct failure, not per request
-            log.warning("%s (retried at a later check)", failing)
-        self._failing = failing
-        self._flush_failures = self._flush_failures + 1 if failing else 0
-        if failing:
-            delay = min(self.interval * 2 ** (self._flush_failures - 1), MAX_REPORT_RETRY_SECONDS)
-            self._flush_after = self.monotonic() + delay
-
-
-def _listing(errors: tuple[str, ...]) -> str:
-    shown = "\n".join(errors[:MAX_REPORTED_ERRORS])
-    more = len(errors) - MAX_REPORTED_ERRORS
-    return shown + (f"\n... and {more} more" if more > 0 else "")
-
-
-def _count(errors: Sequence[object]) -> str:
-    return f"{len(errors)} error" + ("" if len(errors) == 1 else "s")
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 # -- Flask wiring ------------------------------------------------------------------------------

@@ -34,14 +34,15 @@ INTERVAL = 0.2
 
 
 class Records(logging.Handler):
-    """Keeps the broker.policy_store log records (the broker logger does not propagate)."""
+    """Keeps the policy store's and its reports' log records (broker logs may not propagate)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        if record.name.startswith(("broker.policy_store", "broker.policy_reports")):
+            self.records.append(record)
 
     def messages(self, level: int) -> list[str]:
         return [r.getMessage() for r in self.records if r.levelno == level]
@@ -49,13 +50,15 @@ class Records(logging.Handler):
 
 @pytest.fixture
 def logs() -> Iterator[Records]:
-    """Log records of the policy store."""
+    """Log records of the policy store and its reports."""
     handler = Records()
-    logger = logging.getLogger("broker.policy_store")
+    logger = logging.getLogger("broker")
+    level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     yield handler
     logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 class Ticks:

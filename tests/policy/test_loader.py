@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.policy import PolicyLoadError, load_policy_dir
+from broker.policy import PolicyLoadError, load_policy_dir, load_policy_files, read_policy_files
 
 WritePolicy = Callable[..., Path]
 
@@ -298,3 +298,16 @@ def test_valid_until_date_lasts_to_the_end_of_that_day(write_policy: WritePolicy
     )
     (rule,) = load_policy_dir(directory).policy.people
     assert rule.valid_until == datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def test_loading_validates_exactly_the_bytes_read_and_hashed(write_policy: WritePolicy) -> None:
+    """A reloading process hashes what it read, then validates that, not the file as it is now."""
+    directory = write_policy(**{"a.yaml": GOOD_ENTITLEMENT})
+    version = load_policy_dir(directory).version_hash
+    files = read_policy_files(directory)
+    (directory / "a.yaml").write_text("version: 1\nentitlements: [\n")  # broken after the read
+    loaded = load_policy_files(files)
+    assert loaded.version_hash == files.version == version
+    assert [e.id for e in loaded.policy.entitlements] == ["dev-readonly"]
+    with pytest.raises(PolicyLoadError):
+        load_policy_dir(directory)
