@@ -41,6 +41,7 @@ def build() -> click.Group:
     from broker.cli.client import register
     from broker.cli.policy import policy
     from broker.devstack import dev_command
+    from broker.doctor.cli import doctor_command
     from broker.iam_setup import iam_policies_command
     from broker.migrate import db_cli
     from broker.scheduler import scheduler_command
@@ -64,6 +65,7 @@ def build() -> click.Group:
         dev_command,
         scheduler_command,
         iam_policies_command,
+        doctor_command,
     ):
         group.add_command(command)
     register(group)
