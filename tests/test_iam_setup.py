@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import hcl2
 import pytest
 from click.testing import CliRunner, Result
 from doctorbed import ACCOUNT, new_broker_user, unique
@@ -207,6 +208,24 @@ def test_the_written_files_applied_to_aws_pass_doctor(tmp_path: Path, moto_serve
         ], checks
 
 
+def test_terraform_file_parses_as_hcl_with_every_role(policy_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "iam"
+    invoke(
+        "--policy-dir", str(policy_dir), "--broker-principal", PRINCIPAL, "--output-dir", str(out)
+    )
+    parsed = hcl2.loads((out / "broker.tf").read_text())  # a syntax error raises here
+    [roles] = [block["broker_target_roles"] for block in parsed["locals"]]
+    by_arn = {arn.strip('"'): role for arn, role in roles.items() if not arn.startswith("__")}
+    assert set(by_arn) == {
+        "arn:aws:iam::111122223333:role/app",
+        "arn:aws:iam::111122223333:role/support/logs",
+    }
+    assert by_arn["arn:aws:iam::111122223333:role/app"]["max_session_duration"] == 14400
+    assert by_arn["arn:aws:iam::111122223333:role/support/logs"]["max_session_duration"] == 3600
+
+
+# Needs the `terraform` binary; no package registry this project installs from carries it, so
+# the test runs where the machine has it (this one does) and the HCL test above runs everywhere.
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
 def test_terraform_file_is_formatted_and_its_role_map_evaluates(
     policy_dir: Path, tmp_path: Path
