@@ -13,6 +13,7 @@ from broker.auth.identity import ClaimRules
 from broker.auth.idtoken import IdTokenValidator
 from broker.auth.refresh import ClaimsRefresher, TokenCipher
 from broker.aws import make_client
+from broker.clock import DatabaseClock
 from broker.db import get_database
 from broker.grants import GrantService
 from broker.policy_store import get_policy
@@ -32,6 +33,7 @@ class Services:
     id_tokens: IdTokenValidator | None
     refresher: ClaimsRefresher | None
     cipher: TokenCipher
+    clock: DatabaseClock
 
 
 _lock = threading.Lock()
@@ -82,6 +84,7 @@ def _build(app: Flask) -> Services:
         id_tokens=validator,
         refresher=refresher,
         cipher=TokenCipher(str(cfg["SECRET_KEY"])),
+        clock=DatabaseClock(get_database(app)),
     )
 
 
@@ -94,6 +97,7 @@ def grant_service(app: Flask | None = None) -> GrantService:
         get_policy(app),
         shared.issuer,
         shared.role_limits,
+        clock=shared.clock,
         claims_max_age=timedelta(seconds=int(app.config["CLAIMS_MAX_AGE_SECONDS"])),
     )
 

@@ -36,15 +36,16 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flask import Flask
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 
 from broker.audit.checkpoints import load_signing_key, sign_head
+from broker.clock import DatabaseClock
 from broker.db import Database, get_database
 from broker.grants import GrantService
 from broker.locks import try_xact_lock
 from broker.metrics import PolicyCollector
-from broker.models import Grant, GrantStatus, utcnow
+from broker.models import Grant, GrantStatus
 from broker.policy_store import get_policy, policy_store
 from broker.revocation import RoleRevoker
 from broker.scheduler.lease import Lease
@@ -77,15 +78,17 @@ class Scheduler:
         self,
         app: Flask,
         *,
-        clock: Callable[[], datetime] = utcnow,
+        clock: Callable[[], datetime] | None = None,
         iam_client: Any = None,
         sweep_seconds: float | None = None,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         cfg = app.config
         self.app = app
-        self.clock = clock
         self.db: Database = get_database(app)
+        # "Now" is the database's: a host running fast must not end grants or drop denies early.
+        clock = clock or DatabaseClock(self.db)
+        self.clock = clock
         self.sweep_seconds = float(sweep_seconds or cfg.get("SCHEDULER_SWEEP_SECONDS", 5.0))
         self.window = timedelta(seconds=int(cfg.get("SCHEDULER_WINDOW_SECONDS", 300)))
         self.batch = int(cfg.get("SCHEDULER_BATCH_SIZE", 200))
@@ -130,6 +133,13 @@ class Scheduler:
             registry=self.registry,
         )
         self.registry.register(PolicyCollector(self.policy))
+        if isinstance(clock, DatabaseClock):
+            skew = Gauge(
+                "broker_clock_skew_seconds",
+                "How far this host's clock is behind (+) or ahead (-) of the database's.",
+                registry=self.registry,
+            )
+            skew.set_function(lambda: clock.skew_seconds)
         self._expiry_lock = threading.Lock()
         self._revoke_lock = threading.Lock()
         self._expiry_gate, self._expiry_dirty = threading.Lock(), threading.Event()
@@ -244,7 +254,7 @@ class Scheduler:
             self._aps.add_job(
                 self._on_expiry,
                 trigger="date",
-                run_date=expires_at,
+                run_date=self._host_time(expires_at),
                 args=(grant_id, expires_at),
                 id=grant_id,
                 name=f"expire {grant_id}",
@@ -252,6 +262,11 @@ class Scheduler:
             )
             added += 1
         return added
+
+    def _host_time(self, moment: datetime) -> datetime:
+        """When this host's clock (which APScheduler's timers follow) reaches `moment`."""
+        to_host = getattr(self.clock, "to_host", None)
+        return to_host(moment) if callable(to_host) else moment
 
     # -- running in the background ----------------------------------------------------------
 
