@@ -6,12 +6,18 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from broker.errors import BadRequest, NotFound
 from broker.grants import Caller, GrantService, grant_summary
-from broker.policy import Decision, describe_person, format_duration, parse_duration
+from broker.policy import (
+    Decision,
+    Entitlement,
+    describe_person,
+    format_duration,
+    parse_duration,
+)
 from broker.services import grant_service
 from broker.web.authn import authenticate, request_meta
 from broker.web.openapi import OPENAPI
@@ -116,6 +122,14 @@ def _service_and_caller() -> tuple[GrantService, Caller]:
     return service, authenticate(service)
 
 
+def client_region(entitlement: Entitlement | None) -> str:
+    """The region engineers' tools should use: the entitlement's, else the broker's default."""
+    if entitlement is not None and entitlement.region:
+        return entitlement.region
+    config = current_app.config
+    return str(config.get("DEFAULT_CLIENT_REGION") or config["AWS_REGION"])
+
+
 def decision_view(decision: Decision) -> dict[str, Any]:
     """JSON view of a policy decision."""
     entitlement = decision.entitlement
@@ -129,6 +143,7 @@ def decision_view(decision: Decision) -> dict[str, Any]:
         "require_reason": decision.require_reason,
         "max_duration": format_duration(decision.max_duration),
         "max_grant": format_duration(decision.max_grant),
+        "region": client_region(entitlement),
     }
 
 
@@ -234,6 +249,7 @@ def credentials() -> tuple[Response, int]:
         role_session_name=creds.role_session_name,
         source_identity=creds.source_identity,
         duration_seconds=creds.duration_seconds,
+        region=client_region(service.policy.evaluator.entitlement(issued.entitlement_id)),
         credentials={
             "AccessKeyId": creds.access_key_id,
             "SecretAccessKey": creds.secret_access_key,

@@ -171,6 +171,7 @@ OPENAPI: dict[str, Any] = {
                     "require_reason": {"type": "boolean"},
                     "max_duration": {"type": "string"},
                     "max_grant": {"type": "string"},
+                    "region": {"type": "string", "description": "default region for tools"},
                 },
             },
             "Grant": {
@@ -217,6 +218,7 @@ OPENAPI: dict[str, Any] = {
                     "role_session_name": {"type": "string"},
                     "source_identity": {"type": "string"},
                     "duration_seconds": {"type": "integer"},
+                    "region": {"type": "string", "description": "default region for tools"},
                     "credentials": {
                         "type": "object",
                         "properties": {
