@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Assemble the web application; every part wires itself with `init_app`."""
+    # Imported here, not above: the engineer's CLI lives in this package and must not load Flask.
+    from flask import Flask
+
     from broker import config, db, logs, policy_store, web
 
     app = Flask(__name__, instance_relative_config=True)

@@ -1,16 +1,52 @@
-"""The `broker` command: server-side admin commands and the engineer's client commands."""
+"""The `broker` command: the engineer's client commands, and admin commands grouped apart.
+
+Importing this module imports click and nothing else: the engineer's commands are light, and
+admin commands are imported only when they run (see `broker.cli.group`).
+"""
 
 from __future__ import annotations
 
-import click
-from flask import Flask
-from flask.cli import FlaskGroup
+from typing import TYPE_CHECKING
 
-from broker.errors import BrokerError
+import click
+
+from broker.cli.group import BrokerCli, LazyCommand
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+# Admin commands load Flask, SQLAlchemy and the app: name them here, never import them above.
+ADMIN_COMMANDS: dict[str, LazyCommand] = {
+    "audit": LazyCommand(
+        "broker.audit.cli:audit_cli", "Inspect, verify, export and report on the audit trail."
+    ),
+    "db": LazyCommand("broker.migrate:db_cli", "Manage the broker database."),
+    "dev": LazyCommand(
+        "broker.devstack:dev_command",
+        "Run the broker in dev mode: embedded AWS endpoint, identity provider, demo users.",
+    ),
+    "doctor": LazyCommand(
+        "broker.doctor.cli:doctor_command",
+        "Check configuration, database, identity provider and AWS roles; exit 1 on any failure.",
+    ),
+    "iam-policies": LazyCommand(
+        "broker.iam_setup:iam_policies_command",
+        "Print or write the broker's IAM policy and what each target role needs.",
+    ),
+    "policy": LazyCommand(
+        "broker.cli.policy:policy", "Check, explain, test and diff the access policy files."
+    ),
+    "scheduler": LazyCommand(
+        "broker.scheduler.cli:scheduler_command",
+        "End grants on time and put revocations in place on AWS (never run inside web workers).",
+    ),
+    "token": LazyCommand("broker.auth.cli:token_cli", "Manage broker API tokens."),
+}
 
 
 def _load_app() -> Flask:
     from broker import create_app
+    from broker.errors import BrokerError
 
     try:
         return create_app()
@@ -18,57 +54,20 @@ def _load_app() -> Flask:
         raise click.ClickException(exc.explain()) from exc
 
 
-class BrokerGroup(FlaskGroup):
-    """The top-level group: server commands load the app lazily, only when they run.
-
-    Flask's own group loads the app just to list commands, which would make `broker --help`
-    on an engineer's laptop fail for want of a server configuration.
-    """
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        """Our commands only; no app load."""
-        return sorted(self.commands)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        """Our commands only; no app load."""
-        return self.commands.get(cmd_name)
-
-
 def build() -> click.Group:
     """Assemble the command tree (no work at import time)."""
-    from broker.audit.cli import audit_cli
-    from broker.auth.cli import token_cli
     from broker.cli.client import register
-    from broker.cli.policy import policy
-    from broker.devstack import dev_command
-    from broker.doctor.cli import doctor_command
-    from broker.iam_setup import iam_policies_command
-    from broker.migrate import db_cli
-    from broker.scheduler import scheduler_command
 
-    group = BrokerGroup(
+    group = BrokerCli(
         name="broker",
+        admin=ADMIN_COMMANDS,
         create_app=_load_app,
-        add_default_commands=False,
-        add_version_option=False,
-        load_dotenv=False,
-        set_debug_flag=False,
         help="Zero-trust temporary credentials for AWS.",
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
-    # Flask's --app/--env-file/--debug options mean nothing here; the broker builds its own app.
-    group.params = [p for p in group.params if p.name not in ("app", "env_file", "debug")]
-    for command in (
-        policy,
-        db_cli,
-        audit_cli,
-        token_cli,
-        dev_command,
-        scheduler_command,
-        iam_policies_command,
-        doctor_command,
-    ):
-        group.add_command(command)
+    click.version_option(package_name="broker", prog_name="broker")(group)
     register(group)
+    group.engineer.update(group.commands)
     return group
 
 

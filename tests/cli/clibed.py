@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from apibed import Bed, bed_setup
+from liveserver import serve
 
 from broker import create_app
 from broker.cli.client.store import Store
@@ -42,16 +46,42 @@ class LiveBroker:
 
 
 def broker_app(
-    database: Database, moto: Any, tmp_path: Path, **extra: Any
+    database: Database,
+    moto: Any,
+    tmp_path: Path,
+    *,
+    policy_files: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> tuple[Any, dict[str, str]]:
-    """The broker app over fresh moto roles and the test policy."""
-    roles, _policy_dir, base = bed_setup(database.url, moto, tmp_path)
+    """The broker app over fresh moto roles and the test policy.
+
+    `policy_files` are added to the policy directory; `{read}`/`{admin}` in them become the
+    role ARNs.
+    """
+    roles, policy_dir, base = bed_setup(database.url, moto, tmp_path)
+    for name, text in (policy_files or {}).items():
+        (policy_dir / name).write_text(text.format(**roles))
     config = {
         **base,
         "DEVICE_POLL_INTERVAL_SECONDS": 1,
         **extra,
     }
     return create_app(config), roles
+
+
+@contextmanager
+def live_broker(app: Any, roles: dict[str, str], moto: Any, tmp_path: Path) -> Iterator[LiveBroker]:
+    """Serve `app` over HTTP on loopback for the length of the block."""
+    server, thread = serve(app)
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        yield LiveBroker(
+            url, Bed(app, app.test_client(), moto, roles, tmp_path / "policies"), roles
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        app.extensions["broker.db"].dispose()
 
 
 @dataclass
@@ -74,6 +104,19 @@ class Workspace:
         """The CLI's store (file-backed: no keyring)."""
         return Store(self.config_dir, None)
 
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a program (`self.broker`, `aws`, ...) in this workspace's environment."""
+        return subprocess.run(
+            list(args),
+            env=dict(env if env is not None else self.env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def sign_in(
         self, live: LiveBroker, email: str = DEV[0], groups: tuple[str, ...] = DEV[1]
     ) -> str:
@@ -84,13 +127,7 @@ class Workspace:
 
 
 BROKER_SHIM = """#!{python}
-# The `broker` console script with the engineer's commands registered (until
-# broker.cli.build() registers them itself, this adds them; afterwards it is a no-op).
-import sys
-from broker.cli import build
-from broker.cli.client import register
-group = build()
-if "creds" not in group.commands:
-    register(group)
-sys.exit(group.main(prog_name="broker"))
+# The `broker` console script, run by this test's Python.
+from broker.cli import main
+main()
 """

@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apibed import Bed
-from clibed import BROKER_SHIM, VENV_BIN, LiveBroker, Workspace, broker_app
+from clibed import BROKER_SHIM, VENV_BIN, LiveBroker, Workspace, broker_app, live_broker
 from click.testing import CliRunner, Result
-from liveserver import serve
 
 from broker.cli.client import standalone
 from broker.cli.client.state import ClientState
@@ -25,14 +23,8 @@ from broker.db import Database
 def live(database: Database, moto_server: Any, tmp_path: Path) -> Iterator[LiveBroker]:
     """A broker over HTTP on loopback (SQLite and PostgreSQL)."""
     app, roles = broker_app(database, moto_server, tmp_path)
-    server, thread = serve(app)
-    url = f"http://127.0.0.1:{server.server_port}"
-    yield LiveBroker(
-        url, Bed(app, app.test_client(), moto_server, roles, tmp_path / "policies"), roles
-    )
-    server.shutdown()
-    thread.join(timeout=10)
-    app.extensions["broker.db"].dispose()
+    with live_broker(app, roles, moto_server, tmp_path) as broker:
+        yield broker
 
 
 @pytest.fixture

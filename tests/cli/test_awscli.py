@@ -157,12 +157,24 @@ def test_credential_process_output_and_errors(live: LiveBroker, workspace: Works
     doc = json.loads(ok.stdout)
     assert set(doc) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
     assert doc["Version"] == 1 and doc["Expiration"].endswith("Z")
-    # No keyring and no --cache-file: nothing reused, nothing written to disk.
-    assert run(workspace, workspace.broker, "credential-process", "app-read").returncode == 0
+    # No keyring and no --cache-file: reused through the config directory's private cache,
+    # the only place on disk that holds the secret.
+    again = run(workspace, workspace.broker, "credential-process", "app-read")
+    assert json.loads(again.stdout) == doc
+    assert len(live.events("credentials.issued")) == 1
+    cache_dir = workspace.config_dir / "credential-cache"
+    holding = [
+        p
+        for p in workspace.home.rglob("*")
+        if p.is_file() and doc["SecretAccessKey"] in p.read_text(errors="ignore")
+    ]
+    assert [p.parent for p in holding] == [cache_dir]
+    assert stat.S_IMODE(holding[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(cache_dir.stat().st_mode) == 0o700
+    # --no-cache: fresh every time.
+    fresh = run(workspace, workspace.broker, "credential-process", "app-read", "--no-cache")
+    assert json.loads(fresh.stdout)["AccessKeyId"] != doc["AccessKeyId"]
     assert len(live.events("credentials.issued")) == 2
-    assert doc["SecretAccessKey"] not in "".join(
-        p.read_text(errors="ignore") for p in workspace.home.rglob("*") if p.is_file()
-    )
 
     denied = run(workspace, workspace.broker, "credential-process", "prod-nothing")
     assert denied.returncode != 0 and denied.stdout == ""

@@ -9,16 +9,16 @@ import click
 
 
 def register(group: click.Group) -> None:
-    """Add `login`, `logout`, `whoami`, `roles`, `request`, `creds`, `configure`,
-    `credential-process`, `exec` and `console` to `group`."""
+    """Add the engineer's commands to `group`, in the order a newcomer meets them."""
     from broker.cli.client.access import request, roles
     from broker.cli.client.console import console
-    from broker.cli.client.creds import configure, credential_process, creds, exec_command
+    from broker.cli.client.creds import configure, creds
+    from broker.cli.client.execute import exec_command
     from broker.cli.client.login import login, logout, whoami
+    from broker.cli.client.process import credential_process
 
     for command in (
         login,
-        logout,
         whoami,
         roles,
         request,
@@ -27,6 +27,7 @@ def register(group: click.Group) -> None:
         credential_process,
         exec_command,
         console,
+        logout,
     ):
         group.add_command(command)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import click
 
+from broker.cli.client.errors import ApiError
+from broker.cli.client.options import format_option
 from broker.cli.client.state import ClientState, pass_state
 
 
@@ -20,17 +23,21 @@ def _access(entry: dict[str, Any]) -> str:
 
 @click.command("roles")
 @click.option("--all", "show_all", is_flag=True, help="Also list entitlements you may not use.")
+@format_option
 @pass_state
-def roles(state: ClientState, show_all: bool) -> None:
+def roles(state: ClientState, show_all: bool, output_format: str) -> None:
     """List the entitlements you may use (and, with --all, why not the others)."""
     client, _ = state.signed_in()
     entries = client.api("GET", "/entitlements").body.get("entitlements", [])
     shown = [e for e in entries if show_all or e.get("verdict") in ("allow", "approval")]
+    if output_format == "json":
+        click.echo(json.dumps({"entitlements": shown}, indent=2))
+        return
     if not shown:
         click.echo("You may not use any entitlement. `broker roles --all` shows why.")
         return
-    width = max(len(str(e.get("id"))) for e in shown)
-    click.echo(f"{'ENTITLEMENT':<{width}}  ACCESS    MAX     DETAILS")
+    width = max(len("ENTITLEMENT"), *(len(str(e.get("id"))) for e in shown))
+    click.echo(f"{'ENTITLEMENT':<{width}}  ACCESS    MAX     REGION          DETAILS")
     for entry in shown:
         detail = entry.get("description") or ""
         if entry.get("verdict") == "deny":
@@ -38,8 +45,10 @@ def roles(state: ClientState, show_all: bool) -> None:
         elif entry.get("verdict") == "approval":
             detail = f"needs approval (`broker request {entry.get('id')}`). {detail}".strip()
         max_duration = entry.get("max_duration") or "-"
+        region = entry.get("region") or "-"
         click.echo(
-            f"{entry.get('id')!s:<{width}}  {_access(entry):<8}  {max_duration:<6}  {detail}"
+            f"{entry.get('id')!s:<{width}}  {_access(entry):<8}  {max_duration:<6}  "
+            f"{region:<14}  {detail}".rstrip()
         )
 
 
@@ -56,7 +65,10 @@ def request(state: ClientState, entitlement: str, reason: str | None, duration: 
         body["reason"] = reason
     if duration:
         body["duration"] = duration
-    answer = client.api("POST", "/grants", body)
+    try:
+        answer = client.api("POST", "/grants", body)
+    except ApiError as exc:
+        raise state.explain_refusal(client, entitlement, exc) from exc
     grant = answer.body.get("grant", {})
     if answer.status == 201:
         click.echo(

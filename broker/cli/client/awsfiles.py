@@ -6,14 +6,13 @@ writes, only the keys it owns are replaced, where they were; a section the broke
 write (no `x_broker_managed = true`) is left alone unless the person passes `--force`.
 
 Writes are atomic (temporary file in the same directory, fsync, `os.replace`), mode 0600,
-and serialized by `fcntl.flock` on a sidecar `<file>.lock`, so concurrent `broker` runs that
-write different profiles all keep theirs. A symlinked file (dotfile managers) is written
-through to its target. POSIX only (fcntl).
+and serialized by a lock on a sidecar `<file>.lock` (`flock` on POSIX, `msvcrt.locking` on
+Windows), so concurrent `broker` runs that write different profiles all keep theirs. A
+symlinked file (dotfile managers) is written through to its target.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.cli.client.errors import ClientError
-from broker.cli.client.store import ensure_private_dir, write_private
+from broker.cli.client.locking import file_lock
+from broker.cli.client.store import write_private
 
 MANAGED_KEY = "x_broker_managed"
 EXPIRATION_KEY = "x_broker_expiration"
@@ -180,13 +180,8 @@ def read_section(path: Path, names: tuple[str, ...]) -> dict[str, str] | None:
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on `<path>.lock` (a sidecar: the file itself gets replaced)."""
-    ensure_private_dir(path.parent)
-    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(path.with_name(path.name + ".lock")):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def update_file(path: Path, edit: Callable[[str], str]) -> Path:

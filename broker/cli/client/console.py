@@ -10,9 +10,6 @@ from __future__ import annotations
 import click
 
 from broker.cli.client.state import ClientState, pass_state
-from broker.console import console_url, seconds_left
-from broker.errors import BrokerError
-from broker.sts import IssuedCredentials
 
 FEDERATION_ENDPOINT = "https://signin.aws.amazon.com/federation"
 CONSOLE_DESTINATION = "https://console.aws.amazon.com/"
@@ -42,6 +39,10 @@ def console(
     destination: str,
 ) -> None:
     """Open the AWS console as ENTITLEMENT's role (the link is valid for 15 minutes)."""
+    from broker.console import console_url, seconds_left
+    from broker.errors import BrokerError
+    from broker.sts import IssuedCredentials
+
     credentials, body = state.issue(entitlement, duration=duration, reason=reason)
     issued = IssuedCredentials(
         access_key_id=credentials.access_key_id,

@@ -1,34 +1,26 @@
-"""Getting AWS credentials into tools: `creds`, `configure`, `credential-process`, `exec`."""
+"""AWS profiles, with the entitlement's region: `creds` (or its exports) and `configure`."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import click
 
 from broker.cli.client import awsfiles
-from broker.cli.client.cache import (
-    AwsCredentials,
-    CredentialCache,
-    FileCache,
-    KeyringCache,
-    NoCache,
-    cache_key,
-    rfc3339,
-)
+from broker.cli.client.cache import rfc3339
+from broker.cli.client.environment import SHELLS, credential_variables, default_shell, exports
 from broker.cli.client.errors import ClientError
-from broker.cli.client.state import ClientState, pass_state
-from broker.cli.client.store import usable_keyring
-
-duration_option = click.option("--duration", help="How long the credentials last, e.g. 1h.")
-reason_option = click.option("--reason", help="Why you need them (recorded in the audit trail).")
-
+from broker.cli.client.options import duration_option, reason_option, region_option
+from broker.cli.client.state import (
+    ClientState,
+    answer_region,
+    no_such_entitlement,
+    pass_state,
+)
 
 # -- creds ---------------------------------------------------------------------------------------
 
@@ -38,6 +30,18 @@ reason_option = click.option("--reason", help="Why you need them (recorded in th
 @click.option("--profile", help="Profile to write (default: the entitlement's name).")
 @duration_option
 @reason_option
+@region_option
+@click.option(
+    "--export",
+    "export",
+    is_flag=True,
+    help='Print shell exports instead of writing a profile: eval "$(broker creds ROLE --export)".',
+)
+@click.option(
+    "--shell",
+    type=click.Choice(SHELLS),
+    help="Syntax of --export (default: fish when $SHELL is fish, powershell on Windows, else sh).",
+)
 @click.option(
     "--force", is_flag=True, help="Replace the keys of a profile the broker did not write."
 )
@@ -48,9 +52,19 @@ def creds(
     profile: str | None,
     duration: str | None,
     reason: str | None,
+    region: str | None,
+    export: bool,
+    shell: str | None,
     force: bool,
 ) -> None:
     """Write credentials for ENTITLEMENT into the AWS credentials file as a profile."""
+    if export:
+        if profile or force:
+            raise click.UsageError("--export prints variables; it takes no --profile or --force.")
+        credentials, body = state.issue(entitlement, duration=duration, reason=reason)
+        variables = credential_variables(credentials, region or answer_region(body))
+        click.echo(exports(variables, shell or default_shell()), nl=False)
+        return
     profile = awsfiles.check_profile_name(profile or entitlement)
     path = awsfiles.credentials_path()
     names = awsfiles.credentials_section(profile)
@@ -80,7 +94,37 @@ def creds(
         f"Wrote profile [{profile}] to {written}: {body.get('role_arn')}, "
         f"expires {rfc3339(credentials.expiration)} (in {left} min)."
     )
+    region = region or answer_region(body)
+    if region:
+        _profile_region(profile, entitlement, region, force=force)
     click.echo(f"Try: aws sts get-caller-identity --profile {profile}")
+
+
+def _profile_region(profile: str, entitlement: str, region: str, *, force: bool) -> None:
+    """Set `region` in the config file's profile, unless that profile is the person's own."""
+    path = awsfiles.config_path()
+    names = awsfiles.config_section(profile)
+    values = {
+        "region": region,
+        awsfiles.ENTITLEMENT_KEY: entitlement,
+        awsfiles.MANAGED_KEY: "true",
+    }
+    try:
+        written = awsfiles.update_file(
+            path,
+            lambda text: awsfiles.set_section(
+                text, names, values, owned=(awsfiles.ENTITLEMENT_KEY,), force=force, path=path
+            ),
+        )
+    except awsfiles.NotOurs:
+        theirs = (awsfiles.read_section(path, names) or {}).get("region") or "none"
+        click.echo(
+            f"Note: [{names[0]}] in {path} is yours, so its region ({theirs}) was kept; "
+            f"the broker suggests {region} (--force to write it).",
+            err=True,
+        )
+        return
+    click.echo(f"Region {region} in [{names[0]}] of {written}.")
 
 
 # -- configure -----------------------------------------------------------------------------------
@@ -103,11 +147,37 @@ def broker_executable(use_path: bool) -> str:
     return str(Path(found).resolve()) if found else "broker"
 
 
+def entitlement_region(state: ClientState, entitlement: str) -> str | None:
+    """The entitlement's region as the broker says; ClientError when there is no such one.
+
+    Without a sign-in or a reachable broker the profile is still written, without a region.
+    """
+    try:
+        client, _ = state.signed_in()
+        listed = client.api("GET", "/entitlements").body.get("entitlements", [])
+    except ClientError as exc:
+        click.echo(
+            f"Note: could not ask the broker for {entitlement}'s region ({exc.message}), so the "
+            "profile names none. Pass --region, or run this again after `broker login`.",
+            err=True,
+        )
+        return None
+    entries = {str(e.get("id")): e for e in listed if isinstance(e, dict)}
+    entry = entries.get(entitlement)
+    if entry is None:
+        raise no_such_entitlement(entitlement, list(entries))
+    if entry.get("verdict") == "deny":
+        reasons = entry.get("reasons") or ["denied"]
+        click.echo(f"Note: you may not use {entitlement} now: {reasons[0]}", err=True)
+    return answer_region(entry)
+
+
 @click.command("configure")
 @click.argument("entitlement")
 @click.option("--profile", help="Profile to write in the AWS config file (default: ENTITLEMENT).")
 @duration_option
 @reason_option
+@region_option
 @click.option(
     "--cache-file",
     type=click.Path(dir_okay=False),
@@ -122,12 +192,14 @@ def configure(
     profile: str | None,
     duration: str | None,
     reason: str | None,
+    region: str | None,
     cache_file: str | None,
     use_path: bool,
     force: bool,
 ) -> None:
     """Make an AWS profile get ENTITLEMENT's credentials on demand (credential_process)."""
     profile = awsfiles.check_profile_name(profile or entitlement)
+    region = region or entitlement_region(state, entitlement)
     argv = [broker_executable(use_path), "credential-process", entitlement]
     if duration:
         argv += ["--duration", duration]
@@ -143,12 +215,16 @@ def configure(
         awsfiles.ENTITLEMENT_KEY: entitlement,
         awsfiles.MANAGED_KEY: "true",
     }
+    if region:
+        values["region"] = region
     owned = ("credential_process", awsfiles.ENTITLEMENT_KEY)
     written = awsfiles.update_file(
         path,
         lambda text: awsfiles.set_section(text, names, values, owned=owned, force=force, path=path),
     )
     click.echo(f"Wrote [{names[0]}] to {written}:\n  credential_process = {command}")
+    if region:
+        click.echo(f"  region = {region}")
     shadow = awsfiles.read_section(
         awsfiles.credentials_path(), awsfiles.credentials_section(profile)
     )
@@ -159,107 +235,3 @@ def configure(
             err=True,
         )
     click.echo(f"Try: aws sts get-caller-identity --profile {profile}")
-
-
-# -- credential-process --------------------------------------------------------------------------
-
-
-@click.command("credential-process")
-@click.argument("entitlement")
-@duration_option
-@reason_option
-@click.option(
-    "--cache-file",
-    type=click.Path(dir_okay=False),
-    envvar="BROKER_CREDENTIAL_CACHE_FILE",
-    help="Reuse credentials through this file (plain text, mode 0600). Default: the OS keyring "
-    "when there is one, else no reuse.",
-)
-@pass_state
-def credential_process(
-    state: ClientState,
-    entitlement: str,
-    duration: str | None,
-    reason: str | None,
-    cache_file: str | None,
-) -> None:
-    """Print credentials for ENTITLEMENT as AWS `credential_process` JSON (Version 1).
-
-    Reused until 5 minutes before they expire. On any error: a message on stderr, no JSON,
-    a non-zero exit.
-    """
-    client, sign_in = state.signed_in()
-    cache = _cache(cache_file)
-    key = cache_key(client.url, sign_in.token, entitlement, duration)
-    cached = cache.get(key)
-    if cached is not None and cached.fresh(state.clock()):
-        credentials = cached
-    else:
-        credentials, _ = state.issue(entitlement, duration=duration, reason=reason)
-        cache.put(key, credentials)
-    click.echo(json.dumps(credentials.to_process_json()))
-
-
-def _cache(cache_file: str | None) -> CredentialCache:
-    if cache_file:
-        return FileCache(Path(cache_file))
-    keyring = usable_keyring()
-    return KeyringCache(keyring) if keyring is not None else NoCache()
-
-
-# -- exec ----------------------------------------------------------------------------------------
-
-
-def child_environment(credentials: AwsCredentials, base: dict[str, str]) -> dict[str, str]:
-    """`base` with these credentials in it and every other AWS credential source taken out."""
-    env = {
-        k: v
-        for k, v in base.items()
-        if k
-        not in (
-            "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE",
-            "AWS_SECURITY_TOKEN",
-            "AWS_CREDENTIAL_FILE",
-        )
-    }
-    env.update(
-        AWS_ACCESS_KEY_ID=credentials.access_key_id,
-        AWS_SECRET_ACCESS_KEY=credentials.secret_access_key,
-        AWS_SESSION_TOKEN=credentials.session_token,
-        AWS_CREDENTIAL_EXPIRATION=rfc3339(credentials.expiration),
-    )
-    return env
-
-
-@click.command(
-    "exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
-)
-@click.argument("entitlement")
-@duration_option
-@reason_option
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@pass_state
-def exec_command(
-    state: ClientState,
-    entitlement: str,
-    duration: str | None,
-    reason: str | None,
-    command: tuple[str, ...],
-) -> None:
-    """Run COMMAND with ENTITLEMENT's credentials in its environment only.
-
-    Example: broker exec app-read -- aws s3 ls. Exits with COMMAND's exit code.
-    """
-    if command and command[0] == "--":
-        command = command[1:]
-    if not command:
-        raise ClientError("No command given.", hint="Example: broker exec ROLE -- aws s3 ls")
-    credentials, _ = state.issue(entitlement, duration=duration, reason=reason)
-    env = child_environment(credentials, dict(os.environ))
-    try:
-        result = subprocess.run(list(command), env=env, check=False)  # noqa: S603 - the user's command
-    except FileNotFoundError as exc:
-        raise ClientError(f"Command not found: {command[0]}", code="not_found") from exc
-    code = result.returncode
-    sys.exit(128 - code if code < 0 else code)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
-
 from broker.cli.client.errors import ApiError, ClientError, NotSignedIn, Unreachable
+
+if TYPE_CHECKING:
+    import requests
 
 CLIENT_ID = "broker-cli"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -59,6 +60,8 @@ class BrokerClient:
     def __init__(
         self, url: str, token: str | None = None, *, session: requests.Session | None = None
     ) -> None:
+        import requests  # here, not at import: `broker --help` must start fast
+
         self.url = url
         self.token = token
         self.http = session or requests.Session()
@@ -74,6 +77,8 @@ class BrokerClient:
         return headers
 
     def _send(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        import requests
+
         try:
             return self.http.request(
                 method, self.url + path, headers=self._headers(), timeout=TIMEOUT, **kwargs

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
 import click
 
+from broker.cli.client.cache import CACHE_DIR, DirectoryCache
 from broker.cli.client.errors import ClientError, Unreachable
 from broker.cli.client.http import CLIENT_ID, DEVICE_GRANT, BrokerClient
+from broker.cli.client.options import format_option
 from broker.cli.client.state import ClientState, pass_state
 
 SLOW_DOWN_STEP = 5
@@ -111,6 +114,7 @@ def logout(state: ClientState) -> None:
     except ClientError:
         revoked = False
     store.forget(url)
+    DirectoryCache(store.directory / CACHE_DIR).forget_broker(url)
     if revoked:
         click.echo(f"Signed out of {url}.")
     else:
@@ -122,11 +126,18 @@ def logout(state: ClientState) -> None:
 
 
 @click.command("whoami")
+@format_option
 @pass_state
-def whoami(state: ClientState) -> None:
+def whoami(state: ClientState, output_format: str) -> None:
     """Show who the broker thinks you are."""
     client, sign_in = state.signed_in()
     me = client.api("GET", "/me").body
+    if output_format == "json":
+        expires = sign_in.expires_at.isoformat() if sign_in.expires_at else None
+        click.echo(
+            json.dumps({**me, "broker": client.url, "sign_in_expires_at": expires}, indent=2)
+        )
+        return
     click.echo(f"{me.get('email')} ({me.get('kind')}) at {client.url}")
     groups = me.get("groups") or []
     click.echo(f"groups: {', '.join(groups) if groups else '(none)'}")
