@@ -66,6 +66,7 @@ class Settings(BaseModel):
     SCHEDULER_LEASE_STALE_SECONDS: int = Field(default=30, ge=2, le=3600)
     SCHEDULER_METRICS_PORT: int | None = Field(default=None, ge=1, le=65535)
     SCHEDULER_METRICS_ADDRESS: str = "127.0.0.1"
+    METRICS_TOKEN: str | None = None
     REVOCATION_RETRY_MAX_SECONDS: int = Field(default=300, ge=1, le=3600)
     CHECKPOINT_SECONDS: int = Field(default=300, ge=5, le=24 * 3600)
     FEDERATION_ENDPOINT: str = "https://signin.aws.amazon.com/federation"

@@ -29,10 +29,11 @@ of the audit table per scrape: keep the scrape interval at 15 s or more on very 
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
-from flask import Blueprint, Response, current_app
+from flask import Blueprint, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -43,6 +44,7 @@ from prometheus_client.core import (
 from sqlalchemy import func, select
 
 from broker.db import Database, get_database
+from broker.errors import Unauthenticated
 from broker.models import (
     AuditEvent,
     Grant,
@@ -52,6 +54,7 @@ from broker.models import (
     utcnow,
 )
 from broker.policy_store import PolicyStore, policy_store
+from broker.web.httpmetrics import http_collectors
 
 bp = Blueprint("metrics", __name__)
 EXTENSION = "broker.metrics"
@@ -202,9 +205,29 @@ def registry_for(database: Database, store: PolicyStore | None = None) -> Collec
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    """Prometheus text exposition of the broker's database-derived metrics."""
+    """Prometheus text exposition: database-derived metrics, this process's policy, and HTTP
+    request counts and latencies (from every worker when PROMETHEUS_MULTIPROC_DIR is set)."""
+    _check_token()
     registry: CollectorRegistry | None = current_app.extensions.get(EXTENSION)
     if registry is None:
         registry = registry_for(get_database(current_app), policy_store(current_app))
+        for collector in http_collectors(current_app):
+            registry.register(collector)
         current_app.extensions[EXTENSION] = registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+def _check_token() -> None:
+    """With METRICS_TOKEN set, a scrape must send it as a bearer token."""
+    expected = current_app.config.get("METRICS_TOKEN")
+    if not expected:
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), str(expected).encode()
+    ):
+        raise Unauthenticated(
+            "/metrics needs `Authorization: Bearer <BROKER_METRICS_TOKEN>`.",
+            hint="Configure the scraper with the broker's metrics token.",
+        )

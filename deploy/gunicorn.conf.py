@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,18 @@ graceful_timeout = 30
 # The root filesystem is read-only: no control socket under $HOME (recent gunicorn makes one).
 # Worker heartbeat files go to the default temporary directory, /tmp, a tmpfs.
 control_socket_disable = True
+
+# Every worker's HTTP request metrics, summed at scrape time (broker/web/httpmetrics.py). Set
+# before any worker imports prometheus_client; a fresh directory per master start.
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="broker-metrics-"))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Forget a dead worker's live gauges (its counters stay summed)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
 
 accesslog = "-"
 errorlog = "-"

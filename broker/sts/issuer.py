@@ -145,6 +145,14 @@ class StsIssuer:
             req.source_identity,
             issued.access_key_id,
             issued.expiration.isoformat(),
+            extra={
+                "event": "sts.assume_role",
+                "role": req.role_arn,
+                "session": req.role_session_name,
+                "person": req.source_identity,
+                "grant": req.tags.get("broker-grant") if req.tags else None,
+                "access_key_id": issued.access_key_id,
+            },
         )
         return issued
 
@@ -218,6 +226,12 @@ def _outcome_unknown(req: AssumeRequest, what: str) -> AwsOutcomeUnknown:
         req.source_identity,
         what,
         req.role_session_name,
+        extra={
+            "event": "sts.outcome_unknown",
+            "role": req.role_arn,
+            "session": req.role_session_name,
+            "person": req.source_identity,
+        },
     )
     return AwsOutcomeUnknown(
         f"AWS STS did not answer AssumeRole on {req.role_arn} ({what}); it may have made "

@@ -14,6 +14,7 @@ def init_app(app: Flask) -> None:
         audit_export,
         errors,
         health,
+        httpmetrics,
         oauth,
         proxies,
         security,
@@ -22,6 +23,7 @@ def init_app(app: Flask) -> None:
     )
 
     proxies.init_app(app)
+    httpmetrics.init_app(app)
     errors.init_app(app)
     security.init_app(app)
     app.register_blueprint(health.bp)
