@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -72,8 +73,13 @@ class GrantStatus(StrEnum):
 
 
 class RevocationStatus(StrEnum):
-    """A deny statement's state on AWS."""
+    """A deny statement's state on AWS.
 
+    ``standby``: written with the decision before an AssumeRole, never sent to AWS; deleted when
+    the session is recorded, or armed (made ``pending``) when the call's outcome is lost.
+    """
+
+    STANDBY = "standby"
     PENDING = "pending"
     APPLIED = "applied"
     DROPPED = "dropped"
@@ -113,6 +119,10 @@ class Principal(Base):
     """ID tokens issued before this moment are no longer accepted as API bearers."""
 
 
+LIVE_GRANT = "status IN ('active', 'pending')"
+"""SQL for a grant that is still live: the database allows one per person and entitlement."""
+
+
 class Grant(Base):
     """One person's permission to use one entitlement until a time."""
 
@@ -120,6 +130,14 @@ class Grant(Base):
     __table_args__ = (
         Index("ix_grants_status_expires", "status", "expires_at"),
         Index("ix_grants_principal_status", "principal_id", "status"),
+        Index(
+            "ux_grants_one_live_per_entitlement",
+            "principal_id",
+            "entitlement_id",
+            unique=True,
+            sqlite_where=text(LIVE_GRANT),
+            postgresql_where=text(LIVE_GRANT),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -168,13 +186,18 @@ class Revocation(Base):
     """A deny the broker keeps in its inline policy on a role, until `drop_after`."""
 
     __tablename__ = "revocations"
-    __table_args__ = (Index("ix_revocations_role_status", "role_arn", "status"),)
+    __table_args__ = (
+        Index("ix_revocations_role_status", "role_arn", "status"),
+        Index("ix_revocations_status_created", "status", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     role_arn: Mapped[str] = mapped_column(String(2048))
-    scope: Mapped[str] = mapped_column(String(16))  # grant | person | role
+    scope: Mapped[str] = mapped_column(String(16))  # grant | person | role | session
     source_identity: Mapped[str | None] = mapped_column(String(64))
     grant_id: Mapped[str | None] = mapped_column(String(32))
+    role_session_name: Mapped[str | None] = mapped_column(String(64))
+    """The one session a session-scope deny targets (``aws:userid`` = role id:this name)."""
     principal_id: Mapped[str | None] = mapped_column(String(32))
     cutoff: Mapped[datetime]
     drop_after: Mapped[datetime]

@@ -7,7 +7,12 @@ the broker keeps a single inline policy on each role whose Deny statements kill 
   with its grant at AssumeRole), so a person's *other* active grant on the role keeps working;
 - person scope: ``aws:SourceIdentity`` in a list of people and ``aws:TokenIssueTime`` before
   their cutoff; people sharing a cutoff share a statement;
-- role scope: ``aws:TokenIssueTime`` before a cutoff, for every session of the role.
+- role scope: ``aws:TokenIssueTime`` before a cutoff, for every session of the role;
+- session scope: ``aws:userid`` like ``*:<RoleSessionName>``, one session AWS may have made
+  that the broker never recorded (AssumeRole's answer was lost). For a role session,
+  ``aws:userid`` is ``<role id>:<RoleSessionName>``; the broker's session names are unique and
+  hold no ``:``, ``*`` or ``?``, so the pattern matches that one session of this role and none
+  of the person's other sessions.
 
 :func:`plan_policy` turns the live revocations of one role into that policy, within the budget
 IAM leaves us (10,240 characters without whitespace for all inline policies of a role, minus the
@@ -17,13 +22,15 @@ ones we do not own). It never weakens a revocation; it only ever denies more. St
 2. Cutoffs are rounded up past their second (``TokenIssueTime`` has whole seconds, so a session
    issued in the same second as the revocation is still covered).
 3. Lossless reductions: a person's latest cutoff covers their earlier ones; a person cutoff
-   covers that person's grants that ended no later; a role-wide cutoff covers every grant and
-   person cutoff no later than it.
-4. Exact plan: one statement for all grant ids, one statement per distinct person cutoff.
+   covers that person's grants and sessions that ended no later; a grant covers its sessions;
+   a role-wide cutoff covers every target no later than it.
+4. Exact plan: one statement for all grant ids, one for all session names, one statement per
+   distinct person cutoff.
 5. Over budget: people are merged into ever wider cutoff buckets (1 min, 5 min, 15 min, 1 h,
    6 h, then a single bucket); each bucket denies until the *latest* cutoff in it.
-6. Still over: grants are converted into person cutoffs (their source identity and end time),
-   which also cuts that person's other grants on the role, and step 5 is tried again.
+6. Still over: sessions are converted into their grant (which also cuts that grant's other
+   sessions), then grants and sessions into person cutoffs (their source identity and end time,
+   which also cuts that person's other grants on the role); step 5 is tried after each.
 7. Still over: a role-wide cutoff absorbs the revocations with the earliest cutoffs, as few as
    possible, until the rest fits (at worst all of them: one statement with the latest cutoff).
 
@@ -54,10 +61,12 @@ POLICY_NAME = "BrokerRevocations"
 IAM_INLINE_BUDGET = 10_240
 SESSION_TAG = "broker-grant"
 
-Scope = Literal["grant", "person", "role"]
+Scope = Literal["grant", "person", "role", "session"]
 
 _ONE_SECOND = timedelta(seconds=1)
 _WHITESPACE = re.compile(r"\s")
+# What STS accepts as a RoleSessionName: never a wildcard or the `:` of `aws:userid`.
+_SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$", re.ASCII)
 # Bucket widths tried for person cutoffs, narrowest first; None means "one bucket for all".
 _BUCKET_WIDTHS: tuple[timedelta | None, ...] = (
     timedelta(0),
@@ -86,6 +95,7 @@ class DenyEntry:
     source_identity: str | None = None
     grant_id: str | None = None
     ref: str = ""
+    role_session_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.cutoff.utcoffset() is None or self.drop_after.utcoffset() is None:
@@ -94,6 +104,11 @@ class DenyEntry:
             raise ValueError(f"revocation {self.ref!r}: a grant-scope entry needs grant_id")
         if self.scope == "person" and not self.source_identity:
             raise ValueError(f"revocation {self.ref!r}: a person-scope entry needs source_identity")
+        if self.scope == "session" and not _SESSION_NAME.match(self.role_session_name or ""):
+            raise ValueError(
+                f"revocation {self.ref!r}: a session-scope entry needs a role session name of "
+                "2-64 characters of letters, digits and +=,.@_-"
+            )
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,7 @@ def plan_policy(entries: Sequence[DenyEntry], *, now: datetime, budget: int) -> 
     role_cutoff = max((_round_up(e.cutoff) for e in kept if e.scope == "role"), default=None)
     grants: dict[str, tuple[datetime, str | None]] = {}
     people: dict[str, datetime] = {}
+    sessions: dict[str, _Session] = {}
     for e in kept:
         cutoff = _round_up(e.cutoff)
         if e.scope == "grant" and e.grant_id:
@@ -136,10 +152,14 @@ def plan_policy(entries: Sequence[DenyEntry], *, now: datetime, budget: int) -> 
             grants[e.grant_id] = (max(cutoff, old[0]) if old else cutoff, e.source_identity)
         elif e.scope == "person" and e.source_identity:
             people[e.source_identity] = max(cutoff, people.get(e.source_identity, cutoff))
-    if role_cutoff is None and not grants and not people:
+        elif e.scope == "session" and e.role_session_name:
+            seen = sessions.get(e.role_session_name)
+            latest = max(cutoff, seen.cutoff) if seen else cutoff
+            sessions[e.role_session_name] = _Session(latest, e.grant_id, e.source_identity)
+    if role_cutoff is None and not grants and not people and not sessions:
         return PolicyPlan(None, 0, kept, dropped, (), None)
 
-    targets = _Targets(role_cutoff, grants, people).reduced()
+    targets = _Targets(role_cutoff, grants, people, sessions).reduced()
     attempt = targets.fit(budget)
     if attempt is None:
         attempt = _role_wide_fallback(targets, budget)
@@ -155,12 +175,22 @@ def plan_policy(entries: Sequence[DenyEntry], *, now: datetime, budget: int) -> 
 
 
 @dataclass(frozen=True)
+class _Session:
+    """A session-scope target: issued no later than ``cutoff``, under a grant, by a person."""
+
+    cutoff: datetime
+    grant_id: str | None
+    source_identity: str | None
+
+
+@dataclass(frozen=True)
 class _Targets:
     """Rounded, deduplicated revocation targets of one role."""
 
     role_cutoff: datetime | None
     grants: Mapping[str, tuple[datetime, str | None]]  # grant id -> (cutoff, source identity)
     people: Mapping[str, datetime]  # source identity -> cutoff
+    sessions: Mapping[str, _Session]  # role session name -> what else would cover it
 
     def reduced(self) -> _Targets:
         """Drop targets another target already covers (lossless)."""
@@ -171,10 +201,31 @@ class _Targets:
             for g, (c, who) in self.grants.items()
             if (rc is None or c > rc) and not (who in people and c <= people[who])
         }
-        return _Targets(rc, grants, people)
+        # A grant statement has no time condition: it covers every session tagged with it.
+        sessions = {
+            name: s
+            for name, s in self.sessions.items()
+            if (rc is None or s.cutoff > rc)
+            and s.grant_id not in grants
+            and not (s.source_identity in people and s.cutoff <= people[s.source_identity])
+        }
+        return _Targets(rc, grants, people, sessions)
+
+    def with_sessions_as_grants(self) -> _Targets:
+        """Turn every session that names its grant into that grant's deny (lossy)."""
+        grants = dict(self.grants)
+        sessions: dict[str, _Session] = {}
+        for name, s in self.sessions.items():
+            if s.grant_id is None:
+                sessions[name] = s
+                continue
+            old = grants.get(s.grant_id)
+            cutoff = max(s.cutoff, old[0]) if old else s.cutoff
+            grants[s.grant_id] = (cutoff, (old[1] if old else None) or s.source_identity)
+        return _Targets(self.role_cutoff, grants, self.people, sessions).reduced()
 
     def with_grants_as_people(self) -> _Targets:
-        """Turn every grant that names its person into that person's cutoff (lossy)."""
+        """Turn every grant and session that names its person into that person's cutoff (lossy)."""
         people = dict(self.people)
         grants: dict[str, tuple[datetime, str | None]] = {}
         for g, (c, who) in self.grants.items():
@@ -182,39 +233,62 @@ class _Targets:
                 grants[g] = (c, who)
             else:
                 people[who] = max(c, people.get(who, c))
-        return _Targets(self.role_cutoff, grants, people).reduced()
+        sessions: dict[str, _Session] = {}
+        for name, s in self.sessions.items():
+            if s.source_identity is None:
+                sessions[name] = s
+            else:
+                people[s.source_identity] = max(s.cutoff, people.get(s.source_identity, s.cutoff))
+        return _Targets(self.role_cutoff, grants, people, sessions).reduced()
 
     def absorbed_until(self, cutoff: datetime) -> _Targets:
         """Raise the role-wide cutoff to ``cutoff``, dropping the targets it now covers."""
         rc = cutoff if self.role_cutoff is None else max(cutoff, self.role_cutoff)
-        return _Targets(rc, self.grants, self.people).reduced()
+        return _Targets(rc, self.grants, self.people, self.sessions).reduced()
 
     def cutoffs(self) -> list[datetime]:
-        """Every grant and person cutoff, ascending."""
-        return sorted([c for c, _ in self.grants.values()] + list(self.people.values()))
+        """Every grant, person and session cutoff, ascending."""
+        return sorted(
+            [c for c, _ in self.grants.values()]
+            + list(self.people.values())
+            + [s.cutoff for s in self.sessions.values()]
+        )
 
     def fit(self, budget: int) -> tuple[dict[str, Any], tuple[str, ...]] | None:
         """The least lossy document within ``budget`` without widening the role cutoff."""
         variants: list[tuple[_Targets, tuple[str, ...]]] = [(self, ())]
-        if any(who is not None for _, who in self.grants.values()):
-            converted = self.with_grants_as_people()
-            n = len(self.grants) - len(converted.grants)
+        base: _Targets = self
+        notes: tuple[str, ...] = ()
+        if any(s.grant_id is not None for s in self.sessions.values()):
+            base = self.with_sessions_as_grants()
+            n = len(self.sessions) - len(base.sessions)
+            notes = (
+                f"converted {n} session revocation(s) into grant revocations: those grants' "
+                "other sessions are cut too",
+            )
+            variants.append((base, notes))
+        if any(who is not None for _, who in base.grants.values()) or any(
+            s.source_identity is not None for s in base.sessions.values()
+        ):
+            converted = base.with_grants_as_people()
+            n = len(base.grants) - len(converted.grants)
+            n += len(base.sessions) - len(converted.sessions)
             note = (
                 f"converted {n} grant revocation(s) into person-wide cutoffs: "
                 "those people's other grants on this role are cut too",
             )
-            variants.append((converted, note))
-        for targets, notes in variants:
+            variants.append((converted, (*notes, *note)))
+        for targets, steps in variants:
             for width in _BUCKET_WIDTHS:
                 buckets = _bucket(targets.people, width)
-                document = _document(targets.role_cutoff, targets.grants, buckets)
+                document = _document(targets.role_cutoff, targets.grants, buckets, targets.sessions)
                 if policy_size(document) <= budget:
                     merged = (
                         ()
                         if len(buckets) == len(set(targets.people.values()))
                         else (_merge_note(len(targets.people), len(buckets), width),)
                     )
-                    return document, (*notes, *merged)
+                    return document, (*steps, *merged)
         return None
 
 
@@ -235,14 +309,14 @@ def _role_wide_fallback(targets: _Targets, budget: int) -> tuple[dict[str, Any],
     attempt = final.fit(budget)
     rc = final.role_cutoff
     assert rc is not None  # noqa: S101 - absorbed_until always sets it
-    remaining = len(final.grants) + len(final.people)
-    absorbed = len(targets.grants) + len(targets.people) - remaining
+    remaining = len(final.grants) + len(final.people) + len(final.sessions)
+    absorbed = len(targets.grants) + len(targets.people) + len(targets.sessions) - remaining
     note = (
         f"fell back to a role-wide cutoff at {_iso(rc)}: every session of this role issued "
         f"before it is denied ({absorbed} revocation(s) absorbed, {remaining} still targeted)"
     )
     if attempt is None:
-        document = _document(rc, {}, [])
+        document = _document(rc, {}, [], {})
         too_big = f"even the role-wide statement alone ({policy_size(document)}) exceeds {budget}"
         return document, (note, too_big)
     document, notes = attempt
@@ -270,6 +344,7 @@ def _document(
     role_cutoff: datetime | None,
     grants: Mapping[str, tuple[datetime, str | None]],
     buckets: Iterable[tuple[datetime, list[str]]],
+    sessions: Mapping[str, _Session],
 ) -> dict[str, Any]:
     statements: list[dict[str, Any]] = []
     if role_cutoff is not None:
@@ -278,6 +353,9 @@ def _document(
     if grants:
         condition = {"StringEquals": {f"aws:PrincipalTag/{SESSION_TAG}": sorted(grants)}}
         statements.append(_deny("BrokerGrants", condition))
+    if sessions:
+        condition = {"StringLike": {"aws:userid": [f"*:{name}" for name in sorted(sessions)]}}
+        statements.append(_deny("BrokerSessions", condition))
     for cutoff, who in buckets:
         condition = {
             "StringEquals": {"aws:SourceIdentity": sorted(who)},

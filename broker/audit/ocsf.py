@@ -57,6 +57,8 @@ ACTIONS: dict[str, Placement] = {
     "credentials.issue": Placement(AUTHORIZE_SESSION, 1, "Assign Privileges"),
     "credentials.issued": Placement(ENTITY_MANAGEMENT, 1, "Create"),
     "credentials.failed": Placement(ENTITY_MANAGEMENT, 1, "Create", severity_id=2),
+    "credentials.outcome_unknown": Placement(USER_ACCESS, 2, "Revoke Privileges", severity_id=3),
+    "credentials.unrecorded": Placement(USER_ACCESS, 2, "Revoke Privileges", severity_id=3),
     "principal.cut_off": Placement(ACCOUNT_CHANGE, 5, "Disable", severity_id=3),
     "principal.restore": Placement(ACCOUNT_CHANGE, 2, "Enable", severity_id=2),
     "audit.export": Placement(ENTITY_MANAGEMENT, 2, "Read"),

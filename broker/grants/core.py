@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from broker.audit import AuditLog, EventContext, NewEvent
@@ -22,7 +22,9 @@ from broker.errors import (
     PolicyDenied,
 )
 from broker.grants.types import (
+    LIVE,
     Caller,
+    GrantExists,
     RequestMeta,
     main_reason,
     short_duration,
@@ -161,9 +163,16 @@ class GrantCore:
         meta: RequestMeta,
         now: datetime,
     ) -> Grant:
+        """Create and audit a grant; raise GrantExists when the person already holds a live one.
+
+        The database allows one live (active or pending) grant per person and entitlement. An
+        active one past its expiry that the scheduler has not ended yet is ended here first; a
+        concurrent request that created one a moment earlier surfaces as GrantExists too.
+        """
         entitlement = decision.entitlement
         if entitlement is None:  # an allowed decision always names its entitlement
             raise PolicyDenied(main_reason(decision))
+        self._end_stale_or_refuse(session, principal.id, decision.entitlement_id, caller, meta, now)
         length = duration or decision.max_grant
         pending = decision.verdict is Verdict.APPROVAL
         grant = Grant(
@@ -179,8 +188,15 @@ class GrantCore:
         )
         if not pending:
             self._activate(grant, caller.person, now)
-        session.add(grant)
-        session.flush()
+        try:
+            with session.begin_nested():  # a lost race rolls back to here, not the whole request
+                session.add(grant)
+        except IntegrityError:
+            winner = self._live_grant(session, principal.id, decision.entitlement_id)
+            if winner is None:
+                raise
+            log.info("grant race on %s lost to grant %s", decision.entitlement_id, winner.id)
+            raise GrantExists(winner) from None
         self._record(
             session,
             self._ectx(caller.email, meta),
@@ -200,6 +216,51 @@ class GrantCore:
             ),
         )
         return grant
+
+    def _end_stale_or_refuse(
+        self,
+        session: Session,
+        principal_id: str,
+        entitlement_id: str,
+        caller: Caller,
+        meta: RequestMeta,
+        now: datetime,
+    ) -> None:
+        """Make way for a new grant: end a live one past its expiry, refuse any other."""
+        live = self._live_grant(session, principal_id, entitlement_id)
+        if live is None:
+            return
+        if live.status == GrantStatus.ACTIVE and live.expires_at and live.expires_at <= now:
+            reason = "past its expiry; ended before a new grant for the same entitlement"
+            self._end(session, live, GrantStatus.EXPIRED, caller.email, reason, meta)
+            session.flush()
+            return
+        raise GrantExists(live)
+
+    def _live_grant(self, session: Session, principal_id: str, entitlement_id: str) -> Grant | None:
+        """The person's live grant for the entitlement (at most one), locked for this request."""
+        return session.scalars(
+            select(Grant)
+            .where(
+                Grant.principal_id == principal_id,
+                Grant.entitlement_id == entitlement_id,
+                Grant.status.in_(LIVE),
+            )
+            .with_for_update(of=Grant)
+            .execution_options(populate_existing=True)
+        ).first()
+
+    def _end(
+        self,
+        session: Session,
+        grant: Grant,
+        status: GrantStatus,
+        actor: str,
+        reason: str | None,
+        meta: RequestMeta | None,
+    ) -> None:
+        """End a grant, queue denies for its live sessions, audit it (see EndingMixin)."""
+        raise NotImplementedError
 
     def _activate(self, grant: Grant, person: Person, now: datetime) -> None:
         expires = now + timedelta(seconds=grant.duration_seconds)

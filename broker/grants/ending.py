@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from broker.audit import NewEvent
 from broker.db import Database
 from broker.grants.core import GrantCore
+from broker.grants.lost import IN_FLIGHT_MAX, arm, lost_session_event
 from broker.grants.types import (
     LIVE,
     RequestMeta,
@@ -91,25 +92,28 @@ class EndingMixin(GrantCore):
         """Queue a deny for every live session whose grant is over and that no deny covers.
 
         Catches sessions recorded after their grant ended (an issue racing a revoke) and
-        anything a crash or a manual database change left behind. Returns the new revocation
-        ids. On PostgreSQL one scheduler reconciles at a time (advisory lock), others skip.
+        anything a crash or a manual database change left behind, and arms the deny of every
+        issuance that never finished (see :mod:`broker.grants.lost`). Returns the new or armed
+        revocation ids. On PostgreSQL one scheduler reconciles at a time (advisory lock).
         """
         now = self.clock()
         queued: list[str] = []
         with self._tx() as session:
             if not try_xact_lock(session, "broker:reconcile"):
                 return []
+            queued.extend(self._arm_abandoned(session, now))
             rows = session.execute(
                 select(IssuedSession, Grant)
                 .join(Grant, Grant.id == IssuedSession.grant_id)
                 .where(IssuedSession.expires_at > now, Grant.status != GrantStatus.ACTIVE)
             ).all()
             if not rows:
-                return []
+                return queued
             roles = {s.role_arn for s, _ in rows}
             live = session.scalars(
                 select(Revocation).where(
-                    Revocation.role_arn.in_(roles), Revocation.status != RevocationStatus.DROPPED
+                    Revocation.role_arn.in_(roles),
+                    Revocation.status.in_((RevocationStatus.PENDING, RevocationStatus.APPLIED)),
                 )
             ).all()
             uncovered: dict[str, tuple[Grant, int]] = {}
@@ -137,6 +141,34 @@ class EndingMixin(GrantCore):
                     ),
                 )
         return queued
+
+    def _arm_abandoned(self, session: Session, now: datetime, *, limit: int = 500) -> list[str]:
+        """Arm the standby deny of every issuance that neither recorded nor armed it in time."""
+        query = (
+            select(Revocation)
+            .where(
+                Revocation.status == RevocationStatus.STANDBY,
+                Revocation.created_at <= now - IN_FLIGHT_MAX,
+            )
+            .order_by(Revocation.created_at)
+            .limit(limit)
+        )
+        if self.db.dialect == "postgresql":  # an issuance still recording holds its row
+            query = query.with_for_update(skip_locked=True)
+        armed: list[str] = []
+        reason = (
+            f"no outcome was recorded for this AssumeRole within {IN_FLIGHT_MAX} (the broker "
+            "lost its database or stopped mid-issue): AWS may have made the session"
+        )
+        for row in session.scalars(query).all():
+            arm(row, now)
+            self._record(
+                session,
+                self._ectx("scheduler", None),
+                lost_session_event("credentials.unrecorded", row, reason),
+            )
+            armed.append(row.id)
+        return armed
 
     def lapse_pending(self, max_age: timedelta, *, limit: int = 500) -> list[str]:
         """Pending requests nobody decided within `max_age` lapse."""
@@ -324,6 +356,8 @@ def _covers(revocation: Revocation, session: IssuedSession) -> bool:
         return False
     if revocation.scope == "grant":
         return revocation.grant_id == session.grant_id
+    if revocation.scope == "session":
+        return revocation.role_session_name == session.role_session_name
     if revocation.scope == "person" and revocation.source_identity != session.source_identity:
         return False
     return revocation.cutoff >= session.issued_at

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from broker.errors import (
+    Conflict,
     PolicyDenied,
 )
 from broker.models import (
@@ -28,6 +29,28 @@ class ApprovalRequired(PolicyDenied):
     """The entitlement needs an approved grant and the caller has none."""
 
     code = "approval_required"
+
+
+class GrantExists(Conflict):
+    """The person already holds a live grant for this entitlement (one at a time)."""
+
+    code = "grant_exists"
+
+    def __init__(self, grant: Grant) -> None:
+        if grant.status == GrantStatus.PENDING:
+            message = (
+                f"You already have a pending request for {grant.entitlement_id} (grant {grant.id})."
+            )
+            hint = "Wait for an approver to decide it, or cancel it and ask again."
+        else:
+            until = f" until {grant.expires_at:%Y-%m-%d %H:%M} UTC" if grant.expires_at else ""
+            message = (
+                f"You already have an active grant for {grant.entitlement_id}{until} "
+                f"(grant {grant.id})."
+            )
+            hint = "Get credentials under it; to change it, revoke it first and ask again."
+        super().__init__(message, hint=hint)
+        self.grant = grant
 
 
 @dataclass(frozen=True)

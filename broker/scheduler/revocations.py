@@ -92,7 +92,7 @@ class RevocationApplier:
                         select(Revocation)
                         .where(
                             Revocation.role_arn == role_arn,
-                            Revocation.status != RevocationStatus.DROPPED,
+                            Revocation.status.in_(_LIVE),
                         )
                         .order_by(Revocation.created_at, Revocation.id)
                     ).all()
@@ -228,6 +228,10 @@ class RevocationApplier:
         )
 
 
+# Standby rows (an AssumeRole in flight) are not on AWS until armed; dropped ones never again.
+_LIVE = (RevocationStatus.PENDING, RevocationStatus.APPLIED)
+
+
 def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
     return [ids[i : i + size] for i in range(0, len(ids), size)]
 
@@ -251,7 +255,7 @@ def _entries(rows: list[Revocation]) -> tuple[list[DenyEntry], list[Revocation]]
     entries: list[DenyEntry] = []
     unusable: list[Revocation] = []
     for row in rows:
-        if row.scope not in ("grant", "person", "role"):
+        if row.scope not in ("grant", "person", "role", "session"):
             unusable.append(row)
             continue
         try:
@@ -263,6 +267,7 @@ def _entries(rows: list[Revocation]) -> tuple[list[DenyEntry], list[Revocation]]
                     source_identity=row.source_identity,
                     grant_id=row.grant_id,
                     ref=row.id,
+                    role_session_name=row.role_session_name,
                 )
             )
         except ValueError as exc:
