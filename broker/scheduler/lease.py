@@ -74,13 +74,29 @@ class Lease:
             row.holder = self.holder
             row.heartbeat_at = now
 
+    @property
+    def forget_after(self) -> timedelta:
+        """How long a silent scheduler's row stays (and shows in /metrics) before it is pruned."""
+        return max(self.stale_after * 20, timedelta(minutes=10))
+
     def renew(self) -> bool:
-        """Refresh the heartbeat; False when the lease was taken over (stop scheduling)."""
+        """Refresh the heartbeat; False when the lease was taken over (stop scheduling).
+
+        Rows of schedulers silent for longer than `forget_after` (killed, host gone) are pruned,
+        so the heartbeat metric shows a dead scheduler for a while, then forgets it.
+        """
+        now = self.clock()
         with self.db.session() as session:
             done = session.execute(
                 update(SchedulerLease)
                 .where(SchedulerLease.name == self.name, SchedulerLease.holder == self.holder)
-                .values(heartbeat_at=self.clock())
+                .values(heartbeat_at=now)
+            )
+            session.execute(
+                delete(SchedulerLease).where(
+                    SchedulerLease.name.like("node:%"),
+                    SchedulerLease.heartbeat_at < now - self.forget_after,
+                )
             )
             return bool(getattr(done, "rowcount", 0))
 
