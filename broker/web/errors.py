@@ -90,6 +90,9 @@ def init_app(app: Flask) -> None:
             return response
         response = jsonify(code=code, message=message)
         response.status_code = exc.code or 500
+        for name, value in exc.get_headers():
+            if name.lower() == "allow":  # a 405 says which methods would work (RFC 9110 15.5.6)
+                response.headers["Allow"] = value
         return response
 
     @app.errorhandler(OperationalError)

@@ -19,7 +19,7 @@ _ERRORS = {
     "403": _json(_ref("Error"), "Denied by policy"),
     "413": _json(_ref("Error"), "Request body too large"),
     "429": _json(_ref("Error"), "Rate limited; retry after the Retry-After seconds"),
-    "503": _json(_ref("Error"), "Audit trail or AWS unavailable; nothing was done"),
+    "503": _json(_ref("Error"), "Database, audit trail or AWS unavailable; nothing was done"),
 }
 
 _DECIDE = {
@@ -30,6 +30,8 @@ _DECIDE = {
     "responses": {
         "200": _json({"type": "object", "properties": {"grant": _ref("Grant")}}, "Updated grant"),
         **_ERRORS,
+        "404": _json(_ref("Error"), "No such grant of yours"),
+        "409": _json(_ref("Error"), "The grant is no longer in a state this applies to"),
     },
 }
 
@@ -126,7 +128,12 @@ OPENAPI: dict[str, Any] = {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("GrantBody")}},
                 },
-                "responses": {"201": _json(_ref("Issued"), "Credentials"), **_ERRORS},
+                "responses": {
+                    "201": _json(_ref("Issued"), "Credentials"),
+                    **_ERRORS,
+                    "409": _json(_ref("Error"), "The grant changed while issuing; try again"),
+                    "502": _json(_ref("Error"), "AWS refused or failed the call"),
+                },
             }
         },
     },
@@ -194,8 +201,8 @@ OPENAPI: dict[str, Any] = {
                 "required": ["entitlement"],
                 "additionalProperties": False,
                 "properties": {
-                    "entitlement": {"type": "string"},
-                    "reason": {"type": "string", "maxLength": 1000},
+                    "entitlement": {"type": "string", "minLength": 1, "maxLength": 64},
+                    "reason": {"type": ["string", "null"], "maxLength": 1000},
                     "duration": {
                         "oneOf": [
                             {"type": "string", "examples": ["1h", "90m"]},
@@ -207,7 +214,7 @@ OPENAPI: dict[str, Any] = {
             "DecisionBody": {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"comment": {"type": "string", "maxLength": 1000}},
+                "properties": {"comment": {"type": ["string", "null"], "maxLength": 1000}},
             },
             "Issued": {
                 "type": "object",
