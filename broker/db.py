@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from flask import Flask, current_app, g
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from broker.canonical import canonical_json
 from broker.dbwatch import watch
 
 EXTENSION = "broker.db"
@@ -82,14 +82,6 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
-
-
-def canonical_json(value: Any) -> str:
-    """How JSON columns are stored: sorted keys, no whitespace, UTF-8 kept.
-
-    The audit chain hashes exactly this form, so an export can copy stored details verbatim.
-    """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def make_engine(url: str, *, echo: bool = False, timeouts: Timeouts | None = None) -> Engine:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.canonical import canonical_json
 from broker.errors import AuditUnavailable
 from broker.models import AuditCheckpoint, AuditEvent, AuditHead, utcnow
 
@@ -66,11 +67,6 @@ class NewEvent:
 def format_ts(ts: datetime) -> str:
     """The canonical text form of an event time: UTC, microseconds, `Z`."""
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def canonical_json(value: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, UTF-8 kept."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def event_body(event: AuditEvent) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from broker.audit.chain import GENESIS, HEAD_ID, canonical_json, chain_hash, event_body, format_ts
+from broker.audit.chain import GENESIS, HEAD_ID, chain_hash, event_body, format_ts
+from broker.canonical import canonical_json
 from broker.errors import BrokerError
 from broker.models import AuditCheckpoint, AuditEvent, AuditHead, utcnow
 

@@ -19,9 +19,10 @@ from typing import Any, Literal
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from broker.audit.chain import CHAINED_FIELDS, GENESIS, canonical_json, format_ts
+from broker.audit.chain import CHAINED_FIELDS, GENESIS, format_ts
 from broker.audit.checkpoints import checkpoint_record
 from broker.audit.ocsf import to_ocsf
+from broker.canonical import canonical_json
 from broker.models import AuditCheckpoint, AuditEvent
 
 Format = Literal["jsonl", "csv", "ocsf"]

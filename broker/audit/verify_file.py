@@ -17,9 +17,10 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.audit.chain import GENESIS, canonical_json
+from broker.audit.chain import GENESIS
 from broker.audit.checkpoints import InvalidCheckpoint, verify_checkpoint
 from broker.audit.export import EXPORT_FORMAT
+from broker.canonical import canonical_json
 
 # The layout `export` writes; anything else (a file re-encoded by another tool) is parsed.
 _EVENT = re.compile(

@@ -13,9 +13,10 @@ import sqlalchemy as sa
 from audittrail import START, export_text, seed
 from flask import Flask
 
-from broker.audit.chain import canonical_json, chain_hash, event_body
+from broker.audit.chain import chain_hash, event_body
 from broker.audit.cli import audit_cli
 from broker.audit.export import CSV_COLUMNS, ExportFilter, _ts_text, body_json, export
+from broker.canonical import canonical_json
 from broker.db import Database, get_database
 from broker.models import AuditEvent
 

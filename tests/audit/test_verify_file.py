@@ -132,7 +132,8 @@ def test_rewritten_event_with_recomputed_hashes_is_caught_by_the_checkpoint(
     exported: Path, key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:
     """An attacker who re-hashes the chain after an edit still cannot re-sign."""
-    from broker.audit.chain import canonical_json, chain_hash
+    from broker.audit.chain import chain_hash
+    from broker.canonical import canonical_json
 
     lines = _lines(exported)
     records = [json.loads(line) for line in lines]
