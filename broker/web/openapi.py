@@ -100,6 +100,7 @@ OPENAPI: dict[str, Any] = {
                         "Pending approval",
                     ),
                     **_ERRORS,
+                    "409": _json(_ref("Error"), "A live grant for this entitlement exists"),
                 },
             },
         },

@@ -42,6 +42,12 @@ def test_statuses_seen_are_documented_and_bodies_match_the_error_schema(bed: Bed
     call("post", "/credentials", "/credentials", json={"entitlement": ""})
     call("post", "/credentials", "/credentials", json={"entitlement": "no-such-thing"})
     call("post", "/grants", "/grants", json={"entitlement": "app-read", "extra": 1})
+    sre = bed.token("sam@example.com", ("sre",))
+    ask = {"entitlement": "app-admin", "reason": "incident 7"}
+    assert bed.call("POST", "/grants", sre, json=ask).status_code == 202
+    twice = bed.call("POST", "/grants", sre, json=ask)  # one live grant per entitlement
+    assert twice.status_code == 409
+    seen.append(("/grants", "post", twice))
     statuses = {(path, r.status_code) for path, _, r in seen}
     assert ("/grants/{grant_id}/revoke", 409) in statuses and (
         "/grants/{grant_id}/approve",
