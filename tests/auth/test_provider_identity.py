@@ -7,6 +7,7 @@ provider, one person holding a web session, a device token, a minted token and a
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -376,3 +377,21 @@ def test_claims_are_refreshed_with_the_refresh_token_once_the_access_token_expir
         time.sleep(2.5)
         refused = world.api("GET", "/me", minted)
         assert refused.status_code == 401 and refused.json()["code"] == "claims_refused"
+
+
+def test_id_tokens_issued_before_sign_out_are_refused_as_bearers(world: World) -> None:
+    browser, _ = world.sign_in("u-dev")
+    id_token = world.idp.login("u-dev")["id_token"]
+    assert world.api("GET", "/me", id_token).status_code == 200
+    home = browser.get(f"{world.url}/", timeout=10).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', home)
+    assert token is not None
+    out = browser.post(
+        f"{world.url}/logout", data={"csrf_token": token.group(1)}, allow_redirects=False
+    )
+    assert out.status_code in (302, 303)
+    time.sleep(1.1)  # iat has one-second resolution: the next token is strictly later
+    refused = world.api("GET", "/me", id_token)
+    assert refused.status_code == 401 and "signed out" in refused.json()["message"]
+    fresh = world.idp.login("u-dev")["id_token"]
+    assert world.api("GET", "/me", fresh).status_code == 200
