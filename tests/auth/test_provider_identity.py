@@ -395,3 +395,14 @@ def test_id_tokens_issued_before_sign_out_are_refused_as_bearers(world: World) -
     assert refused.status_code == 401 and "signed out" in refused.json()["message"]
     fresh = world.idp.login("u-dev")["id_token"]
     assert world.api("GET", "/me", fresh).status_code == 200
+
+
+def test_web_session_ends_when_the_provider_withdraws_its_word(world: World) -> None:
+    browser, _ = world.sign_in("u-dev")
+    assert browser.get(f"{world.url}/", allow_redirects=False, timeout=10).status_code == 200
+    world.idp.set_user("u-dev", email_verified=False)
+    time.sleep(2.5)  # past the freshness bound: the next page asks the provider again
+    page = browser.get(f"{world.url}/", allow_redirects=False, timeout=10)
+    assert page.status_code == 302 and page.headers["Location"].startswith("/login")
+    again = browser.get(f"{world.url}/", allow_redirects=False, timeout=10)
+    assert again.status_code == 302  # the session is over, not just this request
