@@ -359,3 +359,130 @@ class PolicyVersion(Base):
     first_loaded_at: Mapped[datetime]
     last_loaded_at: Mapped[datetime] = mapped_column(index=True)
     loaded_by: Mapped[str] = mapped_column(String(255))
+
+
+# -- watching what credentials do (CloudTrail, detections, notifications) ----------------------
+
+_BIGINT_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class CloudTrailFile(Base):
+    """One CloudTrail log file, claimed by one scheduler and read once (unique bucket and key).
+
+    ``status``: ``claimed`` (being read by ``claimed_by`` under ``claim_token``), ``done``, or
+    ``malformed`` (skipped and reported; never read again).
+    """
+
+    __tablename__ = "cloudtrail_files"
+    __table_args__ = (
+        UniqueConstraint("bucket", "key"),
+        Index("ix_cloudtrail_files_status_claimed", "status", "claimed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_ID, primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(String(255))
+    key: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16))
+    claim_token: Mapped[str] = mapped_column(String(32))
+    claimed_by: Mapped[str] = mapped_column(String(255))
+    claimed_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    done_at: Mapped[datetime | None]
+    records: Mapped[int] = mapped_column(Integer, default=0)
+    attributed: Mapped[int] = mapped_column(Integer, default=0)
+    bad_records: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ActivityCursor(Base):
+    """How far a reader has got: a CloudTrail prefix's last settled key, the notifier's seq."""
+
+    __tablename__ = "activity_cursors"
+
+    name: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    position: Mapped[str] = mapped_column(String(1024))
+    updated_at: Mapped[datetime]
+
+
+class ActivityRecord(Base):
+    """One CloudTrail record made with broker-issued credentials, joined to person and grant.
+
+    Compact: the fields people ask about, the resources and a few request parameters; the whole
+    record (secrets removed) only when BROKER_CLOUDTRAIL_STORE_RECORDS is set.
+    """
+
+    __tablename__ = "activity_records"
+    __table_args__ = (
+        Index("ix_activity_records_principal_time", "principal_id", "event_time"),
+        Index("ix_activity_records_grant_time", "grant_id", "event_time"),
+        Index("ix_activity_records_session_time", "session_id", "event_time"),
+    )
+
+    id: Mapped[int] = mapped_column(_BIGINT_ID, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    event_time: Mapped[datetime] = mapped_column(index=True)
+    action: Mapped[str] = mapped_column(String(160))
+    aws_region: Mapped[str | None] = mapped_column(String(32))
+    account_id: Mapped[str | None] = mapped_column(String(12))
+    source_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    error_code: Mapped[str | None] = mapped_column(String(128))
+    access_key_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    matched_by: Mapped[str] = mapped_column(String(16))
+    principal_id: Mapped[str] = mapped_column(String(32))
+    grant_id: Mapped[str | None] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(String(32))
+    entitlement_id: Mapped[str | None] = mapped_column(String(64))
+    role_arn: Mapped[str | None] = mapped_column(String(2048))
+    after_grant_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    resources: Mapped[list[str]] = mapped_column(JSON, default=list)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    file_id: Mapped[int | None] = mapped_column(_BIGINT_ID)
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class Detection(Base):
+    """A detection rule that matched a record, and what the broker did about it (once each)."""
+
+    __tablename__ = "detections"
+    __table_args__ = (UniqueConstraint("rule_id", "event_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    rule_id: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    response: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_time: Mapped[datetime]
+    action: Mapped[str] = mapped_column(String(160))
+    detected_at: Mapped[datetime] = mapped_column(index=True)
+    principal_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    grant_id: Mapped[str | None] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Notification(Base):
+    """One message in the outbox, delivered by the scheduler with retries (never by a request).
+
+    ``dedupe_key`` makes each event produce its message once per channel, whichever scheduler
+    notices it. ``status``: ``pending`` → ``sending`` (until ``claimed_until``) → ``sent``, or
+    ``failed`` after the last attempt.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (Index("ix_notifications_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    dedupe_key: Mapped[str] = mapped_column(String(255), unique=True)
+    event: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(16))
+    recipients: Mapped[list[str]] = mapped_column(JSON, default=list)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
