@@ -299,6 +299,7 @@ def _cross_checks(directory: Path, files: list[_File], issues: list[PolicyIssue]
         for line in file.item_lines("deny"):
             origins[f"deny:{deny_count}"] = f"{file.name}:{line}"
             deny_count += 1
+        _detection_origins(file, origins, issues)
         for line in file.item_lines("people"):
             origins[f"people:{people_count}"] = f"{file.name}:{line}"
             people_count += 1
@@ -324,6 +325,25 @@ def _cross_checks(directory: Path, files: list[_File], issues: list[PolicyIssue]
             )
         )
     return origins
+
+
+def _detection_origins(file: _File, origins: dict[str, str], issues: list[PolicyIssue]) -> None:
+    """Record where each detection rule is; a rule id used twice is an error at both places."""
+    assert file.parsed is not None  # noqa: S101 - filtered by the caller
+    lines = file.item_lines("detections")
+    for index, rule in enumerate(file.parsed.detections):
+        key = f"detection:{rule.id}"
+        if key in origins:
+            issues.append(
+                PolicyIssue(
+                    file.display,
+                    file.line(("detections", index, "id")),
+                    f"duplicate detection rule id {rule.id!r}: also defined at {origins[key]}; "
+                    "ids must be unique across all policy files",
+                )
+            )
+            continue
+        origins[key] = f"{file.name}:{lines[index]}"
 
 
 def _warnings(files: list[_File], policy: PolicySet) -> list[PolicyIssue]:

@@ -264,6 +264,95 @@ class DenyRule(_Strict):
     reason: StrictStr | None = None
 
 
+DETECTION_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+ACTION_GLOB_RE = re.compile(r"^[a-z0-9*?-]+:[A-Za-z0-9*?]+$")
+
+DetectionId = Annotated[
+    StrictStr,
+    AfterValidator(
+        _checked(DETECTION_ID_RE, "detection rule id", "crypto-mining (a-z, 0-9, '-', ≤ 63)")
+    ),
+    WithJsonSchema({"type": "string", "pattern": DETECTION_ID_RE.pattern}),
+]
+ActionGlob = Annotated[
+    StrictStr,
+    AfterValidator(
+        _checked(ACTION_GLOB_RE, "action", "ec2:RunInstances or iam:Create* (service:EventName)")
+    ),
+    WithJsonSchema({"type": "string", "pattern": ACTION_GLOB_RE.pattern}),
+]
+Globs = tuple[StrictStr, ...]
+
+
+class RecordMatch(_Strict):
+    """What a CloudTrail record must show for a detection rule to fire.
+
+    Every given condition must hold; within a list, any value may. Globs use ``*`` and ``?``.
+    """
+
+    actions: tuple[ActionGlob, ...] = Field(
+        default=(), description="service:EventName globs, e.g. ec2:RunInstances, iam:Create*"
+    )
+    resources: Globs = Field(default=(), description="ARN globs of the record's resources")
+    regions: Globs = Field(default=(), description="region globs the call must be made in")
+    not_regions: Globs = Field(default=(), description="region globs the call must not be in")
+    outside_entitlement_region: StrictBool = Field(
+        default=False,
+        description="the call is in another region than the entitlement's `region` (global "
+        "services such as IAM and STS excepted)",
+    )
+    request_parameters: dict[StrictStr, StrictStr | list[StrictStr]] = Field(
+        default_factory=dict,
+        description="dotted path into requestParameters → glob(s), e.g. instanceType: p4d.*",
+    )
+    source_ip_outside_network: StrictBool = Field(
+        default=False,
+        description="the call came from outside the entitlement's network.source_ip",
+    )
+    after_grant_end: StrictBool = Field(
+        default=False, description="the call was made after the session's grant ended"
+    )
+    outcome: Literal["any", "succeeded", "failed"] = "any"
+    who: Match | None = Field(default=None, description="only these people's activity")
+    entitlements: Globs = Field(default=(), description="entitlement id globs")
+
+    @model_validator(mode="after")
+    def _something(self) -> RecordMatch:
+        record_conditions = (
+            self.actions,
+            self.resources,
+            self.regions,
+            self.not_regions,
+            self.outside_entitlement_region,
+            self.request_parameters,
+            self.source_ip_outside_network,
+            self.after_grant_end,
+        )
+        if not any(record_conditions):
+            raise ValueError(
+                "a detection must look at the record: give actions, resources, regions, "
+                "not_regions, outside_entitlement_region, request_parameters, "
+                "source_ip_outside_network or after_grant_end (who/entitlements/outcome only "
+                "narrow it)"
+            )
+        return self
+
+
+class DetectionRule(_Strict):
+    """A pattern in what broker-issued credentials do, and the broker's response to it."""
+
+    id: DetectionId
+    description: StrictStr = ""
+    severity: Literal["low", "medium", "high", "critical"] = "high"
+    match: RecordMatch
+    response: Literal["alert", "revoke_grant", "cut_off"] = Field(
+        default="alert",
+        description="alert: audit and notify; revoke_grant: end the grant and deny its "
+        "sessions on AWS; cut_off: disable the person and deny all their sessions",
+    )
+    notify: StrictBool = Field(default=True, description="send a detection notification")
+
+
 class PolicyFile(_Strict):
     """One YAML file in the policy directory."""
 
@@ -282,6 +371,7 @@ class PolicyFile(_Strict):
     deny: tuple[DenyRule, ...] = ()
     auditors: Match | None = None
     admins: Match | None = None
+    detections: tuple[DetectionRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -296,6 +386,7 @@ class PolicySet:
     default_kind: Kind = "staff"
     kind_claim: str | None = None
     mfa_acr_values: frozenset[str] = frozenset()
+    detections: tuple[DetectionRule, ...] = ()
     origins: Mapping[str, str] = field(default_factory=dict)
     """Where rules came from, e.g. ``{"entitlement:prod-readonly": "entitlements.yaml:12"}``."""
 
@@ -315,6 +406,7 @@ class PolicySet:
             default_kind=default_kind,
             kind_claim=next((f.kind_claim for f in files if f.kind_claim), None),
             mfa_acr_values=frozenset(v for f in files for v in f.mfa_acr_values),
+            detections=tuple(d for f in files for d in f.detections),
             origins=dict(origins or {}),
         )
 

@@ -39,6 +39,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import select
 
+from broker.activity.jobs import add_activity_jobs
 from broker.audit.checkpoints import load_signing_key, sign_head
 from broker.clock import DatabaseClock
 from broker.db import Database, get_database
@@ -307,6 +308,7 @@ class Scheduler:
                 seconds=self.checkpoint_seconds,
                 id="checkpoint",
             )
+        add_activity_jobs(self, aps)  # CloudTrail and notifications, where configured
         if self.metrics_port:
             from prometheus_client import start_http_server
 
