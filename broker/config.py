@@ -82,6 +82,41 @@ class Settings(BaseModel):
     SESSION_ABSOLUTE_SECONDS: int = Field(default=12 * 3600, ge=300, le=7 * 24 * 3600)
     RATE_LIMIT_SIGNIN_PER_MINUTE: int = Field(default=30, ge=1)
     RATE_LIMIT_ISSUE_PER_MINUTE: int = Field(default=20, ge=1)
+    # Watching what credentials do (docs/activity.md): CloudTrail, notifications.
+    CLOUDTRAIL_BUCKET: str | None = None
+    CLOUDTRAIL_PREFIX: str = ""
+    CLOUDTRAIL_ACCOUNTS: tuple[str, ...] = ()
+    CLOUDTRAIL_REGION: str | None = None
+    CLOUDTRAIL_QUEUE_URL: str | None = None
+    CLOUDTRAIL_QUEUE_SECONDS: float = Field(default=2.0, gt=0, le=300)
+    CLOUDTRAIL_POLL_SECONDS: float = Field(default=60.0, gt=0, le=3600)
+    CLOUDTRAIL_LOOKBACK_MINUTES: int = Field(default=30, ge=0, le=24 * 60)
+    CLOUDTRAIL_BACKFILL_HOURS: int = Field(default=24, ge=0, le=90 * 24)
+    CLOUDTRAIL_CLAIM_STALE_SECONDS: int = Field(default=600, ge=10, le=24 * 3600)
+    CLOUDTRAIL_STORE_RECORDS: bool = False
+    NOTIFY_EVENTS: tuple[str, ...] = (
+        "approval_requested",
+        "request_decided",
+        "grant_ending",
+        "detection",
+        "revocation_failing",
+    )
+    NOTIFY_WEBHOOK_URL: str | None = None
+    NOTIFY_WEBHOOK_SECRET: str | None = None
+    NOTIFY_WEBHOOK_FORMAT: Literal["json", "slack"] = "json"
+    NOTIFY_EMAILS: tuple[str, ...] = ()
+    NOTIFY_SECONDS: float = Field(default=5.0, gt=0, le=300)
+    NOTIFY_ENDING_SOON_MINUTES: int = Field(default=15, ge=1, le=24 * 60)
+    NOTIFY_MAX_ATTEMPTS: int = Field(default=8, ge=1, le=50)
+    NOTIFY_RETRY_MAX_SECONDS: int = Field(default=600, ge=1, le=24 * 3600)
+    NOTIFY_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=120)
+    SMTP_HOST: str | None = None
+    SMTP_PORT: int = Field(default=587, ge=1, le=65535)
+    SMTP_USERNAME: str | None = None
+    SMTP_PASSWORD: str | None = None
+    SMTP_FROM: str | None = None
+    SMTP_STARTTLS: bool = True
+    SMTP_CA_FILE: str | None = None
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -107,6 +142,22 @@ class Settings(BaseModel):
     def _split_issuers(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("CLOUDTRAIL_ACCOUNTS", "NOTIFY_EMAILS", "NOTIFY_EVENTS", mode="before")
+    @classmethod
+    def _split_lists(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("NOTIFY_EVENTS")
+    @classmethod
+    def _known_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = Settings.model_fields["NOTIFY_EVENTS"].default
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise ValueError(f"{unknown} are not notification events; known: {', '.join(known)}")
         return value
 
     @field_validator("OIDC_ALLOWED_ALGS", mode="before")
@@ -199,6 +250,7 @@ def validate(config: Any) -> Settings:
             got = values.get(name, "<missing>")
             problems.append(f"BROKER_{name}: got {got!r}, expected {err['msg'].lower()}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from exc
+    _notification_checks(settings)
     if settings.ENV == "production":
         if not settings.SECRET_KEY or len(settings.SECRET_KEY) < 32:
             raise ConfigError(
@@ -209,6 +261,28 @@ def validate(config: Any) -> Settings:
             )
         _production_checks(settings)
     return settings
+
+
+def _notification_checks(settings: Settings) -> None:
+    """A webhook needs a signing secret (Slack's own URL is its secret); mail needs a sender."""
+    url = settings.NOTIFY_WEBHOOK_URL
+    if url and not url.startswith(("https://", "http://")):
+        raise ConfigError(f"BROKER_NOTIFY_WEBHOOK_URL: got {url!r}, expected an https:// URL.")
+    if url and settings.ENV == "production" and not url.startswith("https://"):
+        raise ConfigError(
+            "BROKER_NOTIFY_WEBHOOK_URL: expected an https:// URL in production (messages name "
+            "people, roles and grants)."
+        )
+    if url and settings.NOTIFY_WEBHOOK_FORMAT == "json" and not settings.NOTIFY_WEBHOOK_SECRET:
+        raise ConfigError(
+            "BROKER_NOTIFY_WEBHOOK_SECRET: <missing>, expected the key the receiver checks the "
+            "X-Broker-Signature header with (HMAC-SHA256).",
+            hint="Generate one with: python -c 'import secrets; print(secrets.token_hex(32))'",
+        )
+    if settings.SMTP_HOST and not settings.SMTP_FROM:
+        raise ConfigError(
+            "BROKER_SMTP_FROM: <missing>, expected the sender address of notification mail."
+        )
 
 
 def _production_checks(settings: Settings) -> None:
