@@ -1,4 +1,5 @@
 // Live countdowns and copy buttons. Loaded as a file (the CSP forbids inline script).
+// The countdown words match broker/web/pagetext.py time_left (the text before this runs).
 "use strict";
 
 (function () {

@@ -16,21 +16,25 @@ def init_app(app: Flask) -> None:
         health,
         httpmetrics,
         oauth,
+        pagetext,
         proxies,
         security,
         ui,
         ui_admin,
+        ui_audit,
     )
 
     proxies.init_app(app)
     httpmetrics.init_app(app)
     errors.init_app(app)
     security.init_app(app)
+    pagetext.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(oidc.bp)
     app.register_blueprint(ui.bp)
     app.register_blueprint(ui_admin.bp)
+    app.register_blueprint(ui_audit.bp)
     oauth.init_app(app)
     app.register_blueprint(audit_export.bp)
     app.register_blueprint(metrics.bp)

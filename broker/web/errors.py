@@ -1,10 +1,15 @@
-"""Errors as JSON `{code, message}` for the API, and as a clear HTML page everywhere else."""
+"""Errors as JSON `{code, message}` for the API, and as a clear HTML page everywhere else.
+
+The HTML page is the site's own (navigation included, for whoever is signed in) and names the
+request id (`X-Request-Id`, as in the logs), so a person reporting a problem can quote it.
+"""
 
 from __future__ import annotations
 
 import logging
+import secrets
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, g, jsonify, render_template, request
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from werkzeug.exceptions import HTTPException
@@ -34,8 +39,26 @@ def wants_json() -> bool:
     )
 
 
+# Werkzeug's own wording ("If you entered the URL manually...") replaced by ours.
+_HTTP_MESSAGES = {
+    404: (
+        "There is no page at this address.",
+        "Check the address, or start again from the broker's home page.",
+    ),
+    405: (
+        "This address does not accept that kind of request. Changes are made only with the "
+        "buttons on the broker's pages (never by following a link).",
+        "Go back to the page you came from and use its button.",
+    ),
+}
+
+
 def error_page(status: int, message: str, hint: str | None = None, code: str = "") -> Response:
-    """Render the HTML error page."""
+    """Render the HTML error page inside the site's layout, with the request id."""
+    if status != 503:  # during an outage, looking the person up would fail again
+        _resolve_caller()
+    request_id = g.get("request_id") or secrets.token_hex(8)
+    g.request_id = request_id
     body = render_template(
         "error.html",
         status=status,
@@ -43,10 +66,23 @@ def error_page(status: int, message: str, hint: str | None = None, code: str = "
         message=message,
         hint=hint,
         code=code,
+        request_id=request_id,
     )
     response = Response(body, status=status, mimetype="text/html")
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _resolve_caller() -> None:
+    """Find who is signed in, so the page keeps their navigation; anyone else sees none."""
+    if "web_caller" in g:
+        return
+    from broker.auth.websession import current_caller
+
+    try:
+        current_caller()
+    except Exception:  # the page must render, whatever made the request fail
+        g.web_caller = None
 
 
 def init_app(app: Flask) -> None:
@@ -78,12 +114,10 @@ def init_app(app: Flask) -> None:
         if exc.code == 413:
             message = "The request body is larger than the broker accepts."
         if not wants_json():
-            if exc.code == 405:
-                message = (
-                    "This address does not accept that kind of request. Changes are made only "
-                    "with the buttons on the broker's pages (never by following a link)."
-                )
-            response = error_page(exc.code or 500, message, code=code)
+            hint = None
+            if exc.code in _HTTP_MESSAGES:
+                message, hint = _HTTP_MESSAGES[exc.code]
+            response = error_page(exc.code or 500, message, hint, code=code)
             for name, value in exc.get_headers():
                 if name.lower() == "allow":  # a 405 says which methods would work
                     response.headers["Allow"] = value

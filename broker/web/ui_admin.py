@@ -1,32 +1,32 @@
-"""Pages for admins (live grants and sessions, revoke, cut off, re-enable) and auditors (search).
+"""Pages for admins: live grants and sessions, revoke, cut off, re-enable.
 
 Reads go through `broker.admin_queries`; changes through GrantService, which checks again that
-the caller is an admin and audits every change.
+the caller is an admin and audits every change. Revoking a grant and cutting a person off each
+take a confirmation step that works without JavaScript: the page's link opens a confirmation
+page (what will end, and a reason), and the change happens only on a POST carrying
+`confirm=yes` from that page; a POST without it shows the same confirmation page instead.
 """
 
 from __future__ import annotations
-
-from datetime import UTC, datetime, timedelta
-from urllib.parse import urlencode
 
 from flask import Blueprint, Response, redirect, render_template, request
 
 from broker import admin_queries
 from broker.auth.websession import login_required, require_caller, web_meta
 from broker.db import get_database
-from broker.errors import BadRequest, Forbidden
+from broker.errors import BadRequest, Forbidden, NotFound
 from broker.grants import Caller
 from broker.models import utcnow
 from broker.services import grant_service
+from broker.web.pagetext import Notice
 
 bp = Blueprint("ui_admin", __name__)
 
 _NOTICES = {
-    "revoked": "Grant revoked; its live sessions are being cut off on AWS.",
-    "cut_off": "Person cut off: their grants are revoked and new ones refused.",
-    "restored": "Person re-enabled.",
+    "revoked": Notice("Grant revoked; its live sessions are being cut off on AWS."),
+    "cut_off": Notice("Person cut off: their grants are revoked and new ones refused."),
+    "restored": Notice("Person re-enabled."),
 }
-EXPORT_FORMATS = ("jsonl", "csv", "ocsf")
 
 
 def _admin() -> Caller:
@@ -39,14 +39,8 @@ def _admin() -> Caller:
     return caller
 
 
-def _auditor() -> Caller:
-    caller = require_caller()
-    if not grant_service().policy.evaluator.is_auditor(caller.person):
-        raise Forbidden(
-            "The audit trail is for the people the policy names as auditors.",
-            hint="Ask the compliance team if you need to search the audit trail.",
-        )
-    return caller
+def _confirmed() -> bool:
+    return request.form.get("confirm") == "yes"
 
 
 @bp.get("/admin")
@@ -72,28 +66,78 @@ def admin() -> str:
     )
 
 
+@bp.get("/admin/grants/<grant_id>")
+@login_required
+def grant_page(grant_id: str) -> str:
+    """One grant, and the confirmation step before revoking it."""
+    _admin()
+    return _confirm_revoke(grant_id, reason="")
+
+
 @bp.post("/admin/grants/<grant_id>/revoke")
 @login_required
-def revoke(grant_id: str) -> Response:
-    """Revoke someone's grant."""
+def revoke(grant_id: str) -> str | Response:
+    """Revoke someone's grant, once the admin has confirmed it."""
     caller = _admin()
-    reason = request.form.get("reason", "").strip()[:1000] or "revoked by an admin"
-    grant_service().revoke(caller, grant_id, reason=reason, meta=web_meta())
+    reason = request.form.get("reason", "").strip()[:1000]
+    if not _confirmed():
+        return _confirm_revoke(grant_id, reason)
+    grant_service().revoke(
+        caller, grant_id, reason=reason or "revoked by an admin", meta=web_meta()
+    )
     return redirect("/admin?done=revoked")  # type: ignore[return-value]
+
+
+def _confirm_revoke(grant_id: str, reason: str) -> str:
+    with get_database().session() as session:
+        grant = admin_queries.grant_by_id(session, grant_id)
+        if grant is None:
+            raise NotFound(f"No grant {grant_id}.")
+        _grants, sessions = admin_queries.live_counts(session, utcnow(), grant_id=grant_id)
+    return render_template(
+        "admin_confirm.html", kind="revoke", grant=grant, live_sessions=sessions, reason=reason
+    )
+
+
+@bp.get("/admin/people/<principal_id>")
+@login_required
+def person_page(principal_id: str) -> str:
+    """One person, and the confirmation step before cutting them off."""
+    caller = _admin()
+    return _confirm_cut_off(caller, principal_id, reason="")
 
 
 @bp.post("/admin/people/<principal_id>/cut-off")
 @login_required
-def cut_off(principal_id: str) -> Response:
+def cut_off(principal_id: str) -> str | Response:
     """Kill switch: revoke everything a person holds and refuse them until re-enabled."""
     caller = _admin()
-    reason = request.form.get("reason", "").strip()[:1000]
-    if not reason:
-        raise BadRequest("Say why you are cutting this person off; it goes in the audit trail.")
     if principal_id == caller.principal_id:
         raise BadRequest("You cannot cut yourself off; ask another admin.")
+    reason = request.form.get("reason", "").strip()[:1000]
+    if not _confirmed():
+        return _confirm_cut_off(caller, principal_id, reason)
+    if not reason:
+        raise BadRequest("Say why you are cutting this person off; it goes in the audit trail.")
     grant_service().cut_off(caller, principal_id, reason=reason, meta=web_meta())
     return redirect("/admin?done=cut_off")  # type: ignore[return-value]
+
+
+def _confirm_cut_off(caller: Caller, principal_id: str, reason: str) -> str:
+    with get_database().session() as session:
+        person = admin_queries.person_by_id(session, principal_id)
+        if person is None:
+            raise NotFound(f"No person {principal_id}.")
+        grants, sessions = admin_queries.live_counts(session, utcnow(), principal_id=principal_id)
+    return render_template(
+        "admin_confirm.html",
+        kind="cut_off",
+        person=person,
+        is_self=principal_id == caller.principal_id,
+        live_grants=grants,
+        live_sessions=sessions,
+        reason=reason,
+    )
 
 
 @bp.post("/admin/people/<principal_id>/restore")
@@ -103,52 +147,3 @@ def restore(principal_id: str) -> Response:
     caller = _admin()
     grant_service().restore(caller, principal_id, meta=web_meta())
     return redirect("/admin?done=restored")  # type: ignore[return-value]
-
-
-@bp.get("/audit")
-@login_required
-def audit() -> str:
-    """Search the audit trail; export links carry the same filters."""
-    _auditor()
-    args = request.args
-    filters = admin_queries.AuditFilter(
-        actor=args.get("actor", "").strip()[:320],
-        action=args.get("action", "").strip()[:64],
-        target=args.get("target", "").strip()[:2048],
-        since=_date(args.get("since"), "since"),
-        until=_date(args.get("until"), "until", end_of_day=True),
-    )
-    with get_database().session() as session:
-        events = admin_queries.search_audit(session, filters)
-        actions = admin_queries.audit_actions(session)
-    query = {k: args.get(k, "") for k in ("actor", "action", "target", "since", "until")}
-    query = {k: v for k, v in query.items() if v}
-    exports = {
-        fmt: "/audit/export?" + urlencode({"format": fmt, **_export_filters(filters)})
-        for fmt in EXPORT_FORMATS
-    }
-    return render_template(
-        "audit.html", events=events, actions=actions, filters=query, exports=exports
-    )
-
-
-def _export_filters(filters: admin_queries.AuditFilter) -> dict[str, str]:
-    """The page's filters in the export endpoint's terms (person, entitlement, action, times)."""
-    out = {
-        "person": filters.actor,
-        "entitlement": filters.target,
-        "action": filters.action,
-        "since": filters.since.isoformat() if filters.since else "",
-        "until": filters.until.isoformat() if filters.until else "",
-    }
-    return {k: v for k, v in out.items() if v}
-
-
-def _date(value: str | None, name: str, *, end_of_day: bool = False) -> datetime | None:
-    if not value:
-        return None
-    try:
-        day = datetime.strptime(value.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise BadRequest(f"{name}: expected a date like 2025-01-31, got {value[:40]!r}.") from exc
-    return day + timedelta(days=1) if end_of_day else day

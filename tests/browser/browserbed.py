@@ -26,9 +26,10 @@ class Site:
     app: Any = None
     """The broker app behind the server for this test (for reading its database)."""
 
-    def sign_in(self, sub: str) -> Any:
-        """A new browser context (own cookies) signed in as `sub` through the real provider."""
-        context = self.browser.new_context(base_url=self.url)
+    def sign_in(self, sub: str, **context_options: Any) -> Any:
+        """A new browser context (own cookies) signed in as `sub` through the real provider;
+        `context_options` go to Playwright's `new_context` (e.g. a phone's viewport)."""
+        context = self.browser.new_context(base_url=self.url, **context_options)
         context.set_default_timeout(15_000)
         self.contexts.append(context)
         page = context.new_page()

@@ -13,13 +13,22 @@ from playwright.sync_api import expect
 pytestmark = pytest.mark.browser
 
 
-def _request(page: object, entitlement: str, reason: str, duration: str | None = None) -> None:
+def _request(
+    page: object,
+    entitlement: str,
+    reason: str,
+    duration: str | None = None,
+    profile: str | None = None,
+) -> None:
+    """Open the entitlement's form from its row (its options, or "Ask for approval"), submit."""
     page.goto("/")  # type: ignore[attr-defined]
     row = page.locator(f'tr[data-entitlement="{entitlement}"]')  # type: ignore[attr-defined]
-    row.get_by_role("link", name="Request").click()
+    row.get_by_role("link", name=re.compile(r"^(Options|Ask for approval|Get credentials)")).click()
     page.get_by_label("Reason").fill(reason)  # type: ignore[attr-defined]
     if duration:
         page.get_by_label("How long").select_option(duration)  # type: ignore[attr-defined]
+    if profile:
+        page.get_by_label("Profile name").fill(profile)  # type: ignore[attr-defined]
     page.locator("main form button[type=submit]").click()  # type: ignore[attr-defined]
 
 
@@ -31,12 +40,12 @@ def test_engineer_signs_in_requests_gets_working_credentials_and_logs_out(site: 
     expect(page.get_by_text("Signed in as dev@example.com")).to_be_visible()
     site.shot(page, "01-home")
 
-    _request(page, "app-read", "JIRA-42: read the logs", "1h")
-    expect(page.get_by_role("heading", name="Access granted")).to_be_visible()
-    site.shot(page, "02-request-granted")
+    page.locator('tr[data-entitlement="app-read"]').get_by_role("link", name="Options").click()
+    expect(page.get_by_label("How long")).to_have_value("1h")  # not the longest (4h)
+    site.shot(page, "02-request-form")
 
-    page.get_by_label("Profile name").fill("work")
-    page.get_by_role("button", name="Get credentials").click()
+    # No approval needed: one step from the form to the credentials.
+    _request(page, "app-read", "JIRA-42: read the logs", "1h", profile="work")
     expect(page.get_by_role("heading", level=1)).to_contain_text("Credentials for app-read")
     expect(page.locator("time.countdown").first).to_contain_text("left")  # our JS runs
     site.shot(page, "03-credentials")
@@ -79,7 +88,8 @@ def test_approval_needs_a_second_person(site: Site) -> None:
     card.get_by_label("Comment").fill("ok, INC-7 is real")
     site.shot(approver, "05-approvals")
     card.get_by_role("button", name="Approve").click()
-    expect(approver.get_by_role("status")).to_have_text("Request approved.")
+    expect(approver.get_by_role("status")).to_contain_text("Request approved")
+    expect(approver.get_by_role("status")).to_have_class(re.compile(r"\bsuccess\b"))
 
     requester.goto("/")
     expect(requester.locator(".card", has_text="app-admin")).to_contain_text("left")
@@ -88,7 +98,6 @@ def test_approval_needs_a_second_person(site: Site) -> None:
 def test_admin_revoke_removes_the_grant_and_shows_in_the_audit(site: Site) -> None:
     engineer = site.sign_in("dev")
     _request(engineer, "app-read", "JIRA-9")
-    engineer.get_by_role("button", name="Get credentials").click()
     expect(engineer.locator("#aws-access-key-id")).to_be_visible()
     engineer.goto("/")
     expect(engineer.locator(".card", has_text="app-read")).to_be_visible()
@@ -101,8 +110,12 @@ def test_admin_revoke_removes_the_grant_and_shows_in_the_audit(site: Site) -> No
         "dev@example.com"
     )
     site.shot(admin, "06-admin")
-    row.get_by_label(re.compile("Reason for revoking")).fill("laptop lost")
-    row.get_by_role("button", name="Revoke").click()
+    row.get_by_role("link", name=re.compile("^Revoke")).click()  # a confirmation step first
+    expect(admin.get_by_role("heading", level=1)).to_have_text(
+        "Revoke app-read of dev@example.com?"
+    )
+    admin.get_by_label("Reason").fill("laptop lost")
+    admin.get_by_role("button", name="Revoke grant").click()
     expect(admin.get_by_role("status")).to_contain_text("Grant revoked")
     expect(admin.locator("section", has_text="Revocations pending on AWS")).to_contain_text(
         site.roles["read"]

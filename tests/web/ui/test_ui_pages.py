@@ -59,13 +59,15 @@ def test_request_then_credentials_that_work_on_aws(ui: Ui) -> None:
     client = ui.signed_in()
     form = _text(client.get("/request/app-read"))
     assert '<label for="reason">' in form and '<label for="duration">' in form
-    granted = _post(client, "/request/app-read", form, reason="JIRA-1", duration="1h")
-    assert granted.status_code == 200
-    granted_page = _text(granted)
-    assert "Access granted" in granted_page
+    assert '<label for="profile">' in form  # no approval needed: the form gets credentials
+    # One step where no approval is needed: the request answers with the credentials.
+    first = _post(client, "/request/app-read", form, reason="JIRA-1", duration="1h")
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "no-store"
+    assert "Credentials for app-read" in _text(first)
     home = _text(client.get("/"))
     grant = _grant(ui, "app-read")
     assert f'data-grant="{grant.id}"' in home and 'class="countdown"' in home
+    assert grant.duration_seconds == 3600
     response = _post(client, "/credentials/app-read", home, profile="work")
     assert response.status_code == 200
     assert response.headers["Cache-Control"] == "no-store"
@@ -79,9 +81,11 @@ def test_request_then_credentials_that_work_on_aws(ui: Ui) -> None:
     role_name = ui.roles["read"].rsplit("/", 1)[1]
     assert f"assumed-role/{role_name}/" in sts.get_caller_identity()["Arn"]
     assert f"export AWS_SECRET_ACCESS_KEY='{secret}'" in page
+    assert "export AWS_REGION='us-east-1'" in page and "export AWS_DEFAULT_REGION=" in page
     assert f"set -gx AWS_SESSION_TOKEN '{token}'" in page
     assert f"$Env:AWS_ACCESS_KEY_ID = '{key}'" in page
     assert f"[work]\naws_access_key_id = {key}\naws_secret_access_key = {secret}" in page
+    assert "[profile work]\nregion = us-east-1" in page
     assert "broker creds app-read --profile work" in page
     console = re.search(r'id="console-link" class="button" href="([^"]+)"', page)
     assert console, "no console link"
@@ -151,7 +155,17 @@ def test_admin_revokes_and_audit_shows_it(ui: Ui) -> None:
     page = _text(admin.get("/admin"))
     assert f'data-grant="{grant.id}"' in page
     assert "Live AWS sessions" in page and "dev@example.com" in page
-    response = _post(admin, f"/admin/grants/{grant.id}/revoke", page, reason="left the team")
+    # Revoking takes a confirmation step: the link opens it, and a POST without `confirm`
+    # shows it again instead of acting.
+    assert f'href="/admin/grants/{grant.id}"' in page
+    confirm = _text(admin.get(f"/admin/grants/{grant.id}"))
+    assert "Revoke app-read of dev@example.com?" in confirm and 'name="confirm"' in confirm
+    unconfirmed = _post(admin, f"/admin/grants/{grant.id}/revoke", confirm, reason="left")
+    assert unconfirmed.status_code == 200 and "Revoke grant" in _text(unconfirmed)
+    assert _grant(ui, "app-read").status == "active"
+    response = _post(
+        admin, f"/admin/grants/{grant.id}/revoke", confirm, reason="left the team", confirm="yes"
+    )
     assert response.status_code == 302
     assert f'data-grant="{grant.id}"' not in _text(dev.get("/"))
     admin_page = _text(admin.get("/admin"))
@@ -198,12 +212,17 @@ def test_cut_off_and_re_enable(ui: Ui) -> None:
     dev = ui.signed_in(DEV)
     admin = ui.signed_in(ADMIN)
     page = _text(admin.get("/admin", query_string={"q": "dev@"}))
-    match = re.search(r'action="/admin/people/([0-9a-f]+)/cut-off"', page)
+    match = re.search(r'href="/admin/people/([0-9a-f]+)"', page)
     assert match
     person = match.group(1)
-    missing = _post(admin, f"/admin/people/{person}/cut-off", page, reason="")
+    confirm = _text(admin.get(f"/admin/people/{person}"))
+    assert "Cut off dev@example.com?" in confirm and 'name="confirm"' in confirm
+    missing = _post(admin, f"/admin/people/{person}/cut-off", confirm, reason="", confirm="yes")
     assert missing.status_code == 400
-    _post(admin, f"/admin/people/{person}/cut-off", page, reason="contract ended")
+    unconfirmed = _post(admin, f"/admin/people/{person}/cut-off", confirm, reason="contract")
+    assert unconfirmed.status_code == 200 and 'name="confirm"' in _text(unconfirmed)
+    assert dev.get("/").status_code == 200  # nothing happened without the confirmation
+    _post(admin, f"/admin/people/{person}/cut-off", confirm, reason="contract ended", confirm="yes")
     assert dev.get("/").status_code == 403
     page = _text(admin.get("/admin"))
     assert "cut off" in page and f"/admin/people/{person}/restore" in page

@@ -119,7 +119,7 @@ def test_cross_site_post_without_csrf_token_changes_nothing(ui: Ui) -> None:
     assert _only_grant(ui).status == "active"
     ok = admin.post(
         f"/admin/grants/{grant_id}/revoke",
-        data={"reason": "ok", "csrf_token": token},
+        data={"reason": "ok", "csrf_token": token, "confirm": "yes"},
         headers={"Origin": "http://localhost"},
     )
     assert ok.status_code == 302 and _only_grant(ui).status == "revoked"

@@ -301,11 +301,11 @@ def test_cut_off_person_cannot_sign_in_and_loses_session(ui: Ui) -> None:
     dev = ui.signed_in()
     assert dev.get("/").status_code == 200
     page = admin.get("/admin").get_data(as_text=True)
-    match = re.search(r'action="/admin/people/([0-9a-f]+)/cut-off"', page)
+    match = re.search(r'href="/admin/people/([0-9a-f]+)"', page)  # the confirmation page
     assert match
     response = admin.post(
         f"/admin/people/{match.group(1)}/cut-off",
-        data={"csrf_token": csrf_of(page), "reason": "laptop stolen"},
+        data={"csrf_token": csrf_of(page), "reason": "laptop stolen", "confirm": "yes"},
     )
     assert response.status_code == 302
     _assert_refused(dev.get("/"), 403, "cut off by an administrator")
