@@ -9,14 +9,25 @@ if TYPE_CHECKING:
     from flask import Flask
 
 
-def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Assemble the web application; every part wires itself with `init_app`."""
+def create_app(
+    test_config: dict[str, Any] | None = None, *, instance_path: str | None = None
+) -> Flask:
+    """Assemble the web application; every part wires itself with `init_app`.
+
+    The instance folder (where `broker.toml` is read) is `instance_path`, else
+    `BROKER_INSTANCE_PATH`, else Flask's default for the package.
+    """
     # Imported here, not above: the engineer's CLI lives in this package and must not load Flask.
     from flask import Flask
 
     from broker import config, db, logs, policy_store, web
 
-    app = Flask(__name__, instance_relative_config=True)
+    chosen = instance_path or os.environ.get("BROKER_INSTANCE_PATH") or None
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        instance_path=os.path.abspath(chosen) if chosen else None,
+    )
     os.makedirs(app.instance_path, exist_ok=True)
     config.load_config(app, test_config)
     logs.init_app(app)

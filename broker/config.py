@@ -205,8 +205,9 @@ def load_config(app: Flask, test_config: dict[str, Any] | None) -> Settings:
     return settings
 
 
-# BROKER_* variables that belong to the engineer's CLI or the test suite, not the server.
-CLIENT_ENV = frozenset({"URL", "CONFIG_DIR", "CREDENTIAL_CACHE_FILE"})
+# BROKER_* variables that belong to the engineer's CLI or the test suite, not the server, and
+# BROKER_INSTANCE_PATH, which says where the settings file is (read in `create_app`).
+CLIENT_ENV = frozenset({"URL", "CONFIG_DIR", "CREDENTIAL_CACHE_FILE", "INSTANCE_PATH"})
 
 
 def _refuse_unknown(
@@ -228,6 +229,24 @@ def _refuse_unknown(
         raise ConfigError(
             "; ".join(problems), hint="Settings are listed in README.md (Configuration)."
         )
+
+
+def configured_policy_dir(instance_path: str | Path) -> str:
+    """BROKER_POLICY_DIR as the server would read it (environment, then the instance file, then
+    the default), without validating the rest: policy commands run in CI with no server config."""
+    value = os.environ.get("BROKER_POLICY_DIR")
+    if value:
+        return value
+    instance_file = Path(instance_path) / INSTANCE_FILE
+    if instance_file.exists():
+        try:
+            data = tomllib.loads(instance_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{instance_file}: not valid TOML: {exc}") from exc
+        for key, found in data.items():
+            if key.upper() == "POLICY_DIR":
+                return str(found)
+    return str(Settings.model_fields["POLICY_DIR"].default)
 
 
 def _defaults(app: Flask) -> dict[str, Any]:

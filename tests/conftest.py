@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,16 @@ PG_URL = os.environ.get("BROKER_TEST_PG_URL", "postgresql+psycopg://postgres@127
 def _pg_schema_url(schema: str) -> str:
     sep = "&" if "?" in PG_URL else "?"
     return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the run an empty instance folder of its own: settings a developer keeps in theirs
+    (`broker dev` writes instance/broker.toml) must never leak into the tests."""
+    os.environ["BROKER_INSTANCE_PATH"] = tempfile.mkdtemp(prefix="broker-test-instance-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ.pop("BROKER_INSTANCE_PATH", ""), ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -55,9 +55,7 @@ def test_sources_apply_in_order(
     monkeypatch.setenv("BROKER_STS_MAX_ATTEMPTS", "3")
     from broker import config as config_module
 
-    monkeypatch.setattr(
-        "flask.Flask.auto_find_instance_path", lambda self: str(instance), raising=True
-    )
+    monkeypatch.setenv("BROKER_INSTANCE_PATH", str(instance))
     app = create_app(_base(db_url))
     assert app.config["AWS_REGION"] == "eu-west-1"  # instance file beats the default
     assert app.config["STS_MAX_ATTEMPTS"] == 3  # environment beats the instance file
@@ -127,9 +125,7 @@ def test_unknown_settings_stop_startup_with_a_suggestion(
     instance = tmp_path / "instance"
     instance.mkdir()
     (instance / "broker.toml").write_text('aws_regoin = "eu-west-1"\n')
-    monkeypatch.setattr(
-        "flask.Flask.auto_find_instance_path", lambda self: str(instance), raising=True
-    )
+    monkeypatch.setenv("BROKER_INSTANCE_PATH", str(instance))
     with pytest.raises(ConfigError, match="unknown setting 'aws_regoin'; did you mean AWS_REGION"):
         create_app(_base(db_url))
 

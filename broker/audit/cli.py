@@ -35,6 +35,7 @@ from broker.audit.report import build_report, report_csv, report_html
 from broker.audit.verify_file import verify_file
 from broker.db import get_database
 from broker.errors import BrokerError
+from broker.migrate import needs_migrated_database
 from broker.models import AuditCheckpoint, utcnow
 from broker.policy_store import get_policy
 
@@ -101,6 +102,7 @@ def verify_command(file: Path | None, public_key: Path | None, strict: bool) -> 
 
 
 @with_appcontext
+@needs_migrated_database
 def _verify_database(public_key: Path | None) -> None:
     """Verify the chain, its head and its signed checkpoints in one snapshot (never blocking
     writers), with the given public key or the configured signing key's public half."""
@@ -152,6 +154,7 @@ def _database_key(public_key: Path | None) -> Ed25519PublicKey | None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write here instead of standard output.")  # fmt: skip
 @with_appcontext
+@needs_migrated_database
 def export_command(
     fmt: str,
     since: datetime | None,
@@ -215,6 +218,7 @@ def _open(output: Path | None) -> Iterator[IO[str]]:
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path))
 @with_appcontext
+@needs_migrated_database
 def report_command(since: datetime, until: datetime, fmt: str, output: Path | None) -> None:
     """Per person and per role: grants, sessions, approvals, revocations, end dates kept."""
     if until <= since:
