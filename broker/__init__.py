@@ -22,11 +22,10 @@ def create_app(
 
     from broker import config, db, logs, policy_store, web
 
-    chosen = instance_path or os.environ.get("BROKER_INSTANCE_PATH") or None
     app = Flask(
         __name__,
         instance_relative_config=True,
-        instance_path=os.path.abspath(chosen) if chosen else None,
+        instance_path=config.instance_folder(instance_path),
     )
     os.makedirs(app.instance_path, exist_ok=True)
     config.load_config(app, test_config)

@@ -231,6 +231,13 @@ def _refuse_unknown(
         )
 
 
+def instance_folder(explicit: str | None = None) -> str | None:
+    """The instance folder to use: `explicit`, else BROKER_INSTANCE_PATH, else None (Flask's
+    default for the package)."""
+    chosen = explicit or os.environ.get("BROKER_INSTANCE_PATH") or None
+    return os.path.abspath(chosen) if chosen else None
+
+
 def configured_policy_dir(instance_path: str | Path) -> str:
     """BROKER_POLICY_DIR as the server would read it (environment, then the instance file, then
     the default), without validating the rest: policy commands run in CI with no server config."""
