@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 # Admin commands load Flask, SQLAlchemy and the app: name them here, never import them above.
 ADMIN_COMMANDS: dict[str, LazyCommand] = {
+    "activity": LazyCommand(
+        "broker.activity.cli:activity_cli",
+        "What broker-issued credentials did (from CloudTrail), and what the detections caught.",
+    ),
     "audit": LazyCommand(
         "broker.audit.cli:audit_cli", "Inspect, verify, export and report on the audit trail."
     ),
@@ -32,6 +36,10 @@ ADMIN_COMMANDS: dict[str, LazyCommand] = {
     "iam-policies": LazyCommand(
         "broker.iam_setup:iam_policies_command",
         "Print or write the broker's IAM policy and what each target role needs.",
+    ),
+    "keys": LazyCommand(
+        "broker.activity.cli:keys_cli",
+        "The long-lived IAM user access keys the broker replaces (read-only).",
     ),
     "policy": LazyCommand(
         "broker.cli.policy:policy", "Check, explain, test and diff the access policy files."
