@@ -135,7 +135,8 @@ def explain(
 @click.option("--verbose", "-v", is_flag=True, help="Show the reasons of passing cases too.")
 def run_tests(directory: Path, verbose: bool) -> None:
     """Run the decision tests in DIRECTORY/tests; exit 1 if any case fails."""
-    evaluator = _load(directory).evaluator
+    loaded = _load(directory)
+    evaluator = loaded.evaluator
     try:
         cases = load_cases(tests_dir(directory))
     except PolicyLoadError as exc:
@@ -150,8 +151,11 @@ def run_tests(directory: Path, verbose: bool) -> None:
             click.echo(f"      {result.problem}")
         elif verbose:
             click.echo(f"      {result.decision.verdict}: {'; '.join(result.decision.reasons)}")
-    failed = sum(not r.passed for r in results)
-    click.echo(f"{len(results) - failed} passed, {failed} failed")
+    from broker.activity.cli import run_detection_tests  # tests/detections/*.yaml, if any
+
+    outcomes = [r.passed for r in results] + run_detection_tests(loaded, directory, verbose)
+    failed = outcomes.count(False)
+    click.echo(f"{len(outcomes) - failed} passed, {failed} failed")
     if failed:
         raise click.exceptions.Exit(1)
 
