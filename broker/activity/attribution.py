@@ -327,7 +327,10 @@ def activity_row(
         "source_ip": _text(record.get("sourceIPAddress"), 64),
         "user_agent": _text(record.get("userAgent"), 256),
         "error_code": _text(record.get("errorCode"), 128),
-        "access_key_id": _text(identity.get("accessKeyId") or _issued_key(record), 128),
+        # The session's key: for the AssumeRole that made it, not the broker's own caller key.
+        "access_key_id": session.access_key_id
+        if session
+        else _text(identity.get("accessKeyId"), 128),
         "matched_by": attribution.matched_by,
         "principal_id": attribution.person.principal_id,
         "grant_id": session.grant_id if session else None,
