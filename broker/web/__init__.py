@@ -10,6 +10,7 @@ def init_app(app: Flask) -> None:
     from broker import metrics
     from broker.auth import oidc
     from broker.web import (
+        activity,
         api,
         audit_export,
         errors,
@@ -38,3 +39,4 @@ def init_app(app: Flask) -> None:
     oauth.init_app(app)
     app.register_blueprint(audit_export.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(activity.bp)
