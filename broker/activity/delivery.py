@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Broker-Signature"
 TIMESTAMP_HEADER = "X-Broker-Timestamp"
 DELIVERY_HEADER = "X-Broker-Delivery"
+EVENT_HEADER = "X-Broker-Event"
 
 
 class DeliveryError(Exception):
@@ -121,6 +122,7 @@ class WebhookChannel:
             "User-Agent": "broker-notify/1",
             TIMESTAMP_HEADER: str(timestamp),
             DELIVERY_HEADER: notification.id,
+            EVENT_HEADER: notification.event,
         }
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, timestamp, body)
@@ -167,6 +169,7 @@ class EmailChannel:
         message["To"] = ", ".join(notification.recipients)
         message["Message-ID"] = make_msgid(idstring=notification.id)
         message[DELIVERY_HEADER] = notification.id
+        message[EVENT_HEADER] = notification.event
         body = str(payload.get("text", ""))
         facts = payload.get("facts") or {}
         if facts:

@@ -311,8 +311,9 @@ class NotificationProducer:
                         created_at=now,
                     )
                     .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    .returning(Notification.id)
                 )
-                queued += int(result.rowcount or 0)  # type: ignore[attr-defined]
+                queued += len(result.all())
         return queued
 
 
