@@ -6,8 +6,10 @@ from __future__ import annotations
 import gzip
 import threading
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
-from activitybed import ActivityBed
+from activitybed import ActivityBed, make_bed
 from prometheus_client import CollectorRegistry, generate_latest
 from schedbed import issue
 from sqlalchemy import func, select
@@ -15,7 +17,7 @@ from trailbed import assume_role_record, call_record, log_key, other_record, pac
 
 from broker.activity.ingest import CloudTrailIngestor
 from broker.activity.metrics import ActivityCollector
-from broker.db import get_database
+from broker.db import Database, get_database
 from broker.models import ActivityCursor, ActivityRecord, AuditEvent, CloudTrailFile, utcnow
 
 
@@ -207,3 +209,52 @@ def test_a_stale_claim_is_taken_over(bed: ActivityBed) -> None:
     result = bed.ingestor().scan()
     assert result.with_status("done") == [stuck]
     assert _files(bed)[stuck] == ("done", 2)
+
+
+def test_an_organization_trail_under_a_prefix(
+    database: Database, moto_server: Any, tmp_path: Path
+) -> None:
+    bed = make_bed(
+        database,
+        moto_server,
+        tmp_path,
+        CLOUDTRAIL_PREFIX="org-trail/",
+        CLOUDTRAIL_ACCOUNTS=["123456789012", "111122223333"],
+    )
+    try:
+        alice = bed.token("alice@example.com", ("developers",))
+        key = bed.key_of(issue(bed, alice, "app-read"))
+        assert bed.trail is not None
+        now = utcnow()
+        org = {"prefix": "org-trail", "organization": "o-a1b2c3d4e5"}
+        read = [
+            bed.trail.put([call_record(key, now, "s3.amazonaws.com", "GetObject")], at=now, **org),
+            bed.trail.put(
+                [
+                    call_record(
+                        key, now, "ec2.amazonaws.com", "DescribeInstances", region="eu-west-1"
+                    )
+                ],
+                at=now,
+                region="eu-west-1",
+                **org,
+            ),
+            bed.trail.put(
+                [other_record(now, "111122223333")], at=now, account="111122223333", **org
+            ),
+        ]
+        excluded = bed.trail.put(
+            [other_record(now, "999988887777")], at=now, account="999988887777", **org
+        )
+        reader = bed.ingestor()
+        assert sorted(p.prefix for p in reader.prefixes()) == [
+            "org-trail/AWSLogs/o-a1b2c3d4e5/111122223333/CloudTrail/us-east-1/",
+            "org-trail/AWSLogs/o-a1b2c3d4e5/123456789012/CloudTrail/eu-west-1/",
+            "org-trail/AWSLogs/o-a1b2c3d4e5/123456789012/CloudTrail/us-east-1/",
+        ]
+        result = reader.scan()
+        assert sorted(result.with_status("done")) == sorted(read)
+        assert excluded not in {f.key for f in result.files}
+        assert sum(f.attributed for f in result.files) == 2
+    finally:
+        bed.app.extensions["broker.db"].dispose()
