@@ -6,6 +6,7 @@ import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,8 +26,43 @@ from broker.policy import (
 from broker.policy.diff import RENDERERS, diff_policies, load_directory
 from broker.policy.diff.revisions import GitError, Side, git_sides, relabel
 
-DEFAULT_DIR = "policies"
 _DIR = click.Path(path_type=Path)
+
+
+def configured_dir() -> Path:
+    """The policy directory the server uses (BROKER_POLICY_DIR, instance file, default)."""
+    from flask import Flask
+
+    from broker.config import configured_policy_dir, instance_folder
+    from broker.errors import BrokerError
+
+    try:
+        return Path(
+            configured_policy_dir(Flask("broker", instance_path=instance_folder()).instance_path)
+        )
+    except BrokerError as exc:
+        raise click.ClickException(exc.explain()) from exc
+
+
+def _policy_dir_option(function: Any) -> Any:
+    """`--policy-dir DIR` (alias `--dir`), the same name as in iam-policies and doctor."""
+    return click.option(
+        "--policy-dir",
+        "--dir",
+        "policy_dir",
+        type=_DIR,
+        default=None,
+        help="Policy directory (default: BROKER_POLICY_DIR as the server reads it, else "
+        "./policies).",
+    )(function)
+
+
+def _chosen(*candidates: Path | None) -> Path:
+    """The first directory given, else the configured one."""
+    for candidate in candidates:
+        if candidate is not None:
+            return candidate
+    return configured_dir()
 
 
 def _load(directory: Path) -> LoadedPolicy:
@@ -70,9 +106,11 @@ def policy() -> None:
 
 
 @policy.command()
-@click.argument("directory", type=_DIR, default=DEFAULT_DIR)
-def check(directory: Path) -> None:
+@click.argument("directory", type=_DIR, required=False)
+@_policy_dir_option
+def check(directory: Path | None, policy_dir: Path | None) -> None:
     """Validate every policy file in DIRECTORY; exit 1 and list problems if any is invalid."""
+    directory = _chosen(directory, policy_dir)
     loaded = _load(directory)
     policy_set = loaded.policy
     click.echo(
@@ -92,7 +130,7 @@ def check(directory: Path) -> None:
 @click.option("--source-vpc", help="VPC the request comes from.")
 @click.option("--entitlement", "entitlement_id", help="Explain only this entitlement.")
 @click.option("--at", "at", type=click.DateTime(), help="Evaluate at this UTC time (default now).")
-@click.option("--dir", "directory", type=_DIR, default=DEFAULT_DIR, show_default=True)
+@_policy_dir_option
 def explain(
     email: str,
     groups: tuple[str, ...],
@@ -103,9 +141,11 @@ def explain(
     source_vpc: str | None,
     entitlement_id: str | None,
     at: datetime | None,
-    directory: Path,
+    policy_dir: Path | None,
 ) -> None:
     """Say what the policy decides for a person, and which rule decided it."""
+    directory = _chosen(policy_dir)
+    click.echo(f"policy: {directory}", err=True)
     evaluator = _load(directory).evaluator
     identity = Identity(
         issuer="cli",
@@ -131,10 +171,12 @@ def explain(
 
 
 @policy.command(name="test")
-@click.argument("directory", type=_DIR, default=DEFAULT_DIR)
+@click.argument("directory", type=_DIR, required=False)
+@_policy_dir_option
 @click.option("--verbose", "-v", is_flag=True, help="Show the reasons of passing cases too.")
-def run_tests(directory: Path, verbose: bool) -> None:
+def run_tests(directory: Path | None, policy_dir: Path | None, verbose: bool) -> None:
     """Run the decision tests in DIRECTORY/tests; exit 1 if any case fails."""
+    directory = _chosen(directory, policy_dir)
     loaded = _load(directory)
     evaluator = loaded.evaluator
     try:
@@ -229,8 +271,8 @@ def diff(
 
     \b
     broker policy diff OLD NEW   two policy directories
-    broker policy diff [DIR]     DIR (default policies) at --base against the files on disk
-                                 (or against --head)
+    broker policy diff [DIR]     DIR (default BROKER_POLICY_DIR) at --base against the files
+                                 on disk (or against --head)
 
     Exit status: 0 when access does not widen on a sensitive entitlement, 3 when it does,
     1 on errors (a side that does not load is listed as `check` lists it), 2 on bad usage.
@@ -244,7 +286,7 @@ def diff(
         if len(directories) == 2:
             old_side, new_side = (Side(d, str(d), str(d)) for d in directories)
         else:
-            directory = directories[0] if directories else Path(DEFAULT_DIR)
+            directory = directories[0] if directories else configured_dir()
             try:
                 old_side, new_side = git_sides(directory, base, head, Path(scratch))
             except GitError as exc:
