@@ -5,9 +5,9 @@ issued, when it is the broker's own ``AssumeRole`` that made such a session (the
 response), when its role session name is one the broker chose, or, failing those, when its
 ``sourceIdentity`` is a person's (a session chained from a broker session keeps it).
 
-The :class:`Attributor` is built for volume: :meth:`Attributor.load` fetches, for a whole batch
-of records, every session, grant state and person not yet known in a few ``IN`` queries; after
-that :meth:`Attributor.attribute` is dictionary lookups. Sessions never change once recorded,
+The :class:`Attributor` is built for volume: :meth:`Attributor.attribute_batch` fetches, for a
+whole batch of records, every session, grant state and person not yet known in a few ``IN``
+queries; the rest is dictionary lookups. Sessions never change once recorded,
 so they stay cached; grant states are fetched fresh for every batch (a grant may end at any
 time); keys that are not the broker's are remembered until :meth:`Attributor.forget_misses`.
 """
@@ -15,10 +15,11 @@ time); keys that are not the broker's are remembered until :meth:`Attributor.for
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -29,6 +30,8 @@ from broker.models import Grant, IssuedSession, Principal
 SESSION_NAME_PREFIX = "broker-"
 CHUNK = 500
 MAX_CACHED = 200_000
+GRANT_TTL_SECONDS = 5.0
+"""How long a grant's state read from the database is used before it is read again."""
 SUMMARY_KEYS = (
     "instanceType",
     "roleArn",
@@ -100,11 +103,6 @@ class Attribution:
     grant_ended_at: datetime | None
 
 
-def _identity(record: Mapping[str, Any]) -> Mapping[str, Any]:
-    found = record.get("userIdentity")
-    return found if isinstance(found, dict) else {}
-
-
 def _issued_key(record: Mapping[str, Any]) -> str | None:
     """The access key an ``AssumeRole`` record's response hands out."""
     if record.get("eventName") != "AssumeRole":
@@ -115,30 +113,54 @@ def _issued_key(record: Mapping[str, Any]) -> str | None:
     return key if isinstance(key, str) else None
 
 
-def _session_name(identity: Mapping[str, Any]) -> str | None:
-    arn = identity.get("arn")
-    if isinstance(arn, str) and ":assumed-role/" in arn:
-        name = arn.rsplit("/", 1)[-1]
-        return name if name.startswith(SESSION_NAME_PREFIX) else None
-    return None
-
-
-def _source_identity(record: Mapping[str, Any], identity: Mapping[str, Any]) -> str | None:
-    context = identity.get("sessionContext")
-    found = context.get("sourceIdentity") if isinstance(context, dict) else None
-    return found if isinstance(found, str) and found else None
-
-
 def _maybe_broker_key(key: object) -> bool:
     """STS session keys start ASIA; long-lived IAM user keys (AKIA) are never the broker's."""
     return isinstance(key, str) and key.startswith("ASIA")
 
 
+_Hints = tuple[str | None, str | None, str | None, str | None]
+"""What in one record could tie it to the broker: (access key, key its AssumeRole issued,
+broker session name, source identity)."""
+_NO_HINTS: _Hints = (None, None, None, None)
+
+
+def _hints(record: Mapping[str, Any], known: Mapping[str, SessionFacts]) -> _Hints:
+    """Read a record's hints once; the session name only when its key is not a known one."""
+    identity = cast(dict[str, Any], record.get("userIdentity"))
+    if identity.__class__ is not dict:
+        return _NO_HINTS
+    key = identity.get("accessKeyId")
+    if key.__class__ is not str:
+        key = None
+    context = identity.get("sessionContext")
+    source = context.get("sourceIdentity") if context.__class__ is dict else None
+    if source.__class__ is not str or not source:
+        source = None
+    name = None
+    if key not in known:
+        arn = identity.get("arn")
+        if arn.__class__ is str and ":assumed-role/" in arn:
+            last = arn.rsplit("/", 1)[-1]
+            if last.startswith(SESSION_NAME_PREFIX):
+                name = last
+    issued = _issued_key(record) if record.get("eventName") == "AssumeRole" else None
+    return (key, issued, name, source)
+
+
 class Attributor:
     """Attributes records to sessions, grants and people (see the module docstring)."""
 
-    def __init__(self, *, max_cached: int = MAX_CACHED) -> None:
+    def __init__(
+        self,
+        *,
+        max_cached: int = MAX_CACHED,
+        grant_ttl: float = GRANT_TTL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_cached = max_cached
+        self.grant_ttl = grant_ttl
+        self.monotonic = monotonic
+        self._grants_read_at: dict[str, float] = {}
         self.by_key: dict[str, SessionFacts] = {}
         self.by_name: dict[str, SessionFacts] = {}
         self.people: dict[str, PersonFacts] = {}  # source identity -> person
@@ -148,39 +170,101 @@ class Attributor:
         self._missed_identities: set[str] = set()
 
     def forget_misses(self) -> None:
-        """Look again for keys, names and identities that were not the broker's before."""
+        """Look again for keys, names and identities that were not the broker's before, and
+        read every grant's state afresh."""
         self._missed_keys.clear()
         self._missed_names.clear()
         self._missed_identities.clear()
+        self.forget_grants()
 
-    # -- loading ---------------------------------------------------------------------------------
+    def forget_grants(self, grant_ids: Iterable[str] | None = None) -> None:
+        """Read these grants' states (default: all) again before the next batch uses them."""
+        if grant_ids is None:
+            self._grants_read_at.clear()
+        else:
+            for grant_id in grant_ids:
+                self._grants_read_at.pop(grant_id, None)
 
-    def load(self, session: Session, records: Iterable[Mapping[str, Any]]) -> None:
-        """Fetch what attributing these records needs: unknown sessions and people, and the
-        current state of every grant they touch."""
+    def attribute_batch(
+        self, session: Session, records: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Mapping[str, Any], Attribution]]:
+        """Every record of the batch that belongs to the broker, with its attribution.
+
+        Fetches first what the batch needs and is not known yet (sessions, people) and the
+        current state of every grant it touches, in a few queries.
+        """
+        by_key, by_name, people = self.by_key, self.by_name, self.people
+        hints = [_hints(r, by_key) for r in records]
+        self._fetch(session, hints)
+        found: list[tuple[Mapping[str, Any], SessionFacts | None, PersonFacts, str]] = []
+        grant_ids: set[str] = set()
+        for record, (key, issued, name, source) in zip(records, hints, strict=True):
+            facts = by_key.get(key) if key is not None else None
+            how = "access_key"
+            if facts is None and issued is not None:
+                facts, how = by_key.get(issued), "assume_role"
+            if facts is None and name is not None:
+                facts, how = by_name.get(name), "session_name"
+            if facts is not None:
+                found.append((record, facts, facts.person, how))
+                grant_ids.add(facts.grant_id)
+            elif source is not None and (person := people.get(source)) is not None:
+                found.append((record, None, person, "source_identity"))
+        self._fetch_grants(session, grant_ids)
+        return [
+            (record, self._attribution(record, facts, person, how))
+            for record, facts, person, how in found
+        ]
+
+    def _attribution(
+        self,
+        record: Mapping[str, Any],
+        facts: SessionFacts | None,
+        person: PersonFacts,
+        how: str,
+    ) -> Attribution:
+        when = event_time(record)
+        state = self.grants.get(facts.grant_id) if facts is not None else None
+        # The AssumeRole that made a session is never "after" its own grant.
+        after = state is not None and how != "assume_role" and state.over_at(when)
+        return Attribution(
+            person=person,
+            session=facts,
+            matched_by=how,
+            action=action_of(record),
+            event_time=when,
+            after_grant_end=after,
+            grant_ended_at=state.ended_at if state is not None else None,
+        )
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _fetch(self, session: Session, hints: Iterable[_Hints]) -> None:
         keys: set[str] = set()
         names: set[str] = set()
         identities: set[str] = set()
-        for record in records:
-            identity = _identity(record)
-            key = identity.get("accessKeyId")
-            if _maybe_broker_key(key) and key not in self.by_key:
-                keys.add(key)  # type: ignore[arg-type]
-            issued = _issued_key(record)
-            if issued is not None and issued not in self.by_key:
+        by_key, by_name, people = self.by_key, self.by_name, self.people
+        for key, issued, name, source in hints:
+            if key is not None and key not in by_key and _maybe_broker_key(key):
+                keys.add(key)
+            if issued is not None and issued not in by_key:
                 keys.add(issued)
-            name = _session_name(identity)
-            if name is not None and name not in self.by_name:
+            if name is not None and name not in by_name:
                 names.add(name)
-            source = _source_identity(record, identity)
-            if source is not None and source not in self.people:
+            if source is not None and source not in people:
                 identities.add(source)
-        if len(self.by_key) > self.max_cached:
-            self.by_key.clear()
-            self.by_name.clear()
-        self._load_sessions(session, keys - self._missed_keys, names - self._missed_names)
-        self._load_people(session, identities - self._missed_identities)
-        self._load_grants(session, records)
+        if len(by_key) > self.max_cached:
+            by_key.clear()
+            by_name.clear()
+            self.grants.clear()
+            self._grants_read_at.clear()
+        keys -= self._missed_keys
+        names -= self._missed_names
+        identities -= self._missed_identities
+        if keys or names:
+            self._load_sessions(session, keys, names)
+        if identities:
+            self._load_people(session, identities)
 
     def _load_sessions(self, session: Session, keys: set[str], names: set[str]) -> None:
         for column, wanted, missed in (
@@ -245,13 +329,12 @@ class Attributor:
                 found.add(principal.source_identity)
             self._missed_identities.update(i for i in chunk if i not in found)
 
-    def _load_grants(self, session: Session, records: Iterable[Mapping[str, Any]]) -> None:
-        wanted: set[str] = set()
-        for record in records:
-            facts = self._session_of(record)[0]
-            if facts is not None:
-                wanted.add(facts.grant_id)
-        listed = sorted(wanted)
+    def _fetch_grants(self, session: Session, grant_ids: set[str]) -> None:
+        """Read the grants' states not read in the last ``grant_ttl`` seconds (a grant may end
+        at any time; files arrive minutes after the calls they record)."""
+        now = self.monotonic()
+        read_at = self._grants_read_at
+        listed = sorted(g for g in grant_ids if now - read_at.get(g, -1e18) > self.grant_ttl)
         for start in range(0, len(listed), CHUNK):
             for grant_id, status, expires_at, ended_at in session.execute(
                 select(Grant.id, Grant.status, Grant.expires_at, Grant.ended_at).where(
@@ -259,53 +342,7 @@ class Attributor:
                 )
             ):
                 self.grants[grant_id] = GrantState(status, expires_at, ended_at)
-
-    # -- attributing -----------------------------------------------------------------------------
-
-    def _session_of(self, record: Mapping[str, Any]) -> tuple[SessionFacts | None, str]:
-        identity = _identity(record)
-        key = identity.get("accessKeyId")
-        if isinstance(key, str):
-            found = self.by_key.get(key)
-            if found is not None:
-                return found, "access_key"
-        issued = _issued_key(record)
-        if issued is not None:
-            found = self.by_key.get(issued)
-            if found is not None:
-                return found, "assume_role"
-        name = _session_name(identity)
-        if name is not None:
-            found = self.by_name.get(name)
-            if found is not None:
-                return found, "session_name"
-        return None, ""
-
-    def attribute(self, record: Mapping[str, Any]) -> Attribution | None:
-        """The record's person, grant and session, or None when it is not the broker's."""
-        facts, how = self._session_of(record)
-        person: PersonFacts | None
-        if facts is not None:
-            person = facts.person
-        else:
-            source = _source_identity(record, _identity(record))
-            person = self.people.get(source) if source is not None else None
-            if person is None:
-                return None
-            how = "source_identity"
-        when = event_time(record)
-        state = self.grants.get(facts.grant_id) if facts is not None else None
-        # The AssumeRole that made a session is never "after" its own grant.
-        after = state is not None and how != "assume_role" and state.over_at(when)
-        return Attribution(
-            person=person,
-            session=facts,
-            matched_by=how,
-            action=action_of(record),
-            event_time=when,
-            after_grant_end=after,
-            grant_ended_at=state.ended_at if state is not None else None,
-        )
+            read_at.update(dict.fromkeys(listed[start : start + CHUNK], now))
 
 
 def activity_row(
@@ -316,7 +353,9 @@ def activity_row(
     keep_record: bool,
 ) -> dict[str, Any]:
     """The compact row stored for an attributed record (whole record only when asked)."""
-    identity = _identity(record)
+    identity = record.get("userIdentity")
+    if not isinstance(identity, dict):
+        identity = {}
     session = attribution.session
     return {
         "event_id": str(record["eventID"])[:64],
@@ -382,15 +421,3 @@ def redact(value: Any) -> Any:
 
 def _text(value: object, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) and value else None
-
-
-def attribute_all(
-    attributor: Attributor, records: Sequence[Mapping[str, Any]]
-) -> list[tuple[Mapping[str, Any], Attribution]]:
-    """Every record of a loaded batch that belongs to the broker, with its attribution."""
-    out = []
-    for record in records:
-        found = attributor.attribute(record)
-        if found is not None:
-            out.append((record, found))
-    return out

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
+import orjson
+
 MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 """Largest unpacked log file read; CloudTrail's own files stay far below (a few MiB)."""
 
@@ -97,7 +99,7 @@ def read_log_file(body: bytes, *, limit: int = MAX_UNPACKED_BYTES) -> list[Any]:
     if not unpacker.eof:
         raise MalformedLogFile("gzip data ends early (truncated file)")
     try:
-        document = json.loads(raw)
+        document = orjson.loads(raw)  # about twice as fast as json: parsing is most of the cost
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedLogFile(f"not JSON ({str(exc)[:120]})") from None
     if not isinstance(document, dict) or not isinstance(document.get("Records"), list):
@@ -106,12 +108,16 @@ def read_log_file(body: bytes, *, limit: int = MAX_UNPACKED_BYTES) -> list[Any]:
     return records
 
 
+REQUIRED_FIELDS = ("eventID", "eventTime", "eventSource", "eventName")
+
+
 def record_problem(record: Any) -> str | None:
     """Why a record cannot be used (None when it can): fields every CloudTrail record has."""
-    if not isinstance(record, dict):
+    if record.__class__ is not dict:
         return "a record is not a JSON object"
-    for name in ("eventID", "eventTime", "eventSource", "eventName"):
-        if not isinstance(record.get(name), str) or not record[name]:
+    for name in REQUIRED_FIELDS:
+        value = record.get(name)
+        if value.__class__ is not str or not value:
             return f"a record has no {name}"
     return None
 

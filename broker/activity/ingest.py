@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from broker.activity.attribution import Attribution, Attributor, activity_row, attribute_all
+from broker.activity.attribution import Attribution, Attributor, activity_row
 from broker.activity.cloudtrail import (
     LogKey,
     MalformedLogFile,
@@ -169,6 +169,7 @@ class CloudTrailIngestor:
         result = IngestResult()
         if self.sqs is None or not self.source.queue_url:
             return result
+        self.attributor.forget_misses()
         for _ in range(max_batches):
             if not self.keep_going():
                 break
@@ -309,8 +310,7 @@ class CloudTrailIngestor:
     ) -> FileOutcome:
         view = self.policy()
         with self.db.read_session() as session:
-            self.attributor.load(session, records)
-        attributed = attribute_all(self.attributor, records)
+            attributed = self.attributor.attribute_batch(session, records)
         hits = [(r, a, h) for r, a in attributed for h in view.engine.match(r, a)]
         outcome = FileOutcome(key, "done", records=len(records) + bad, attributed=len(attributed))
         now = self.clock()
@@ -405,6 +405,7 @@ class CloudTrailIngestor:
         outcome.detections.append(rule.id)
         if result in (REVOKED, CUT_OFF):
             outcome.responses += 1
+            self.attributor.forget_grants()  # later records of this batch see the grant ended
         self._record(
             session,
             view.version,
