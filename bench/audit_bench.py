@@ -6,6 +6,12 @@ process, and prints events per second and that process's peak RSS against the ta
 (>= 200,000 events/s each way, <= 200 MB).
 
     .venv/bin/python bench/audit_bench.py [--events N] [--keep DIR]
+
+``bench/run`` uses :func:`prepare` and :func:`cli_rates` instead: the same trail, on SQLite and
+PostgreSQL, timed through the commands an auditor runs (``broker audit export --format F -o
+FILE``, ``broker audit verify``, ``broker audit verify FILE --public-key KEY``). Each command
+also runs on an empty trail right before, and the rate is events over the difference: the
+command's start (interpreter, app, connection: the same for any trail) is reported apart.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import os
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +116,81 @@ def build(database: Database, count: int, key: Ed25519PrivateKey) -> None:
             conn.execute(insert(AuditEvent), batch)
         conn.execute(insert(AuditCheckpoint), checkpoints)
         conn.execute(update(AuditHead).where(AuditHead.id == HEAD_ID).values(seq=count, hash=prev))
+
+
+POLICY = """\
+version: 1
+people: []
+deny: []
+entitlements:
+  - id: audit-bench
+    role_arn: arn:aws:iam::123456789012:role/audit-bench
+    allow: {groups: [auditors]}
+    max_duration: 1h
+"""
+
+
+def prepare(url: str, empty_url: str, events: int, workdir: Path) -> tuple[Path, Path]:
+    """Build a trail of ``events`` in the (empty) database at ``url`` and migrate the one at
+    ``empty_url``; the public key's path and a policy directory for the ``broker`` command."""
+    database = Database(url)
+    upgrade(database)
+    key = Ed25519PrivateKey.generate()
+    build(database, events, key)
+    database.dispose()
+    empty = Database(empty_url)
+    upgrade(empty)
+    empty.dispose()
+    public = workdir / "audit-public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    policy_dir = workdir / "policies-audit"
+    policy_dir.mkdir(exist_ok=True)
+    (policy_dir / "audit.yaml").write_text(POLICY)
+    return public, policy_dir
+
+
+COMMANDS = ("export_jsonl", "export_csv", "export_ocsf", "verify_database", "verify_file")
+
+
+def _command(key: str, public: Path, workdir: Path) -> list[str]:
+    """The auditor's command for ``key``, writing or reading files in ``workdir``."""
+    if key.startswith("export_"):
+        fmt = key.removeprefix("export_")
+        return ["audit", "export", "--format", fmt, "-o", str(workdir / f"audit.{fmt}")]
+    if key == "verify_database":
+        return ["audit", "verify", "--public-key", str(public)]
+    return ["audit", "verify", str(workdir / "audit.jsonl"), "--public-key", str(public)]
+
+
+def _wall(env: dict[str, str], args: list[str]) -> float:
+    broker = str(Path(sys.executable).parent / "broker")
+    began = time.perf_counter()
+    done = subprocess.run([broker, *args], env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"broker {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return elapsed
+
+
+def cli_rates(
+    full: dict[str, str], empty: dict[str, str], public: Path, workdir: Path, events: int
+) -> dict[str, dict[str, float]]:
+    """Each auditor command on the full trail and, right before it, on an empty one.
+
+    Returns per command: ``wall`` (seconds on the full trail), ``start`` (seconds on the empty
+    trail: interpreter, app and connection) and ``rate``, events per second of the work that
+    grows with the trail: ``events / (wall - start)``.
+    """
+    found: dict[str, dict[str, float]] = {}
+    small = workdir / "empty"
+    small.mkdir(exist_ok=True)
+    for key in COMMANDS:
+        start = _wall(empty, _command(key, public, small))
+        wall = _wall(full, _command(key, public, workdir))
+        found[key] = {"wall": wall, "start": start, "rate": events / max(wall - start, 1e-6)}
+    return found
 
 
 def _export_phase(url: str, out: str) -> tuple[float, float]:

@@ -55,10 +55,10 @@ def _entitlement(n: int, rng: random.Random, groups_total: int) -> str:
     return text
 
 
-def write_policy(directory: Path, groups_total: int = GROUPS) -> None:
-    """Write FILES policy files holding ENTITLEMENTS entitlements and a few other rules."""
+def write_policy(directory: Path, groups_total: int = GROUPS, count: int = ENTITLEMENTS) -> None:
+    """Write FILES policy files holding `count` entitlements and a few other rules."""
     rng = random.Random(42)
-    per_file = ENTITLEMENTS // FILES
+    per_file = count // FILES
     for index in range(FILES):
         body = "version: 1\nentitlements:\n"
         body += "".join(

@@ -1,34 +1,44 @@
-"""Benchmark: 10,000 grants expiring at once across 100 roles, through the real scheduler.
+"""Benchmark: 10,000 grants expiring at once across 100 roles, through the scheduler's sweep.
 
 Seeds people, active grants already past their expiry and one live session per grant into a
-fresh database, then times the scheduler's expiry pass (grants ended, revocations queued,
-audited) and revocation pass (one policy per role written to moto's IAM), counting IAM calls
-by operation. The target is one PutRolePolicy per role per pass, not one per grant.
+fresh database, then times one :meth:`Scheduler.sweep` (the same pass the scheduler process runs
+every few seconds: expiry in batches of the production ``SCHEDULER_BATCH_SIZE``, contractors,
+lapses, reconcile, revocations written to IAM), counting IAM calls by operation. moto runs as
+its own process. The targets: the sweep within 2 s, one PutRolePolicy per role.
 
     .venv/bin/python bench/scheduler_bench.py [--grants 10000] [--roles 100]
-        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/DB] [--endpoint-url URL]
+        [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests" / "helpers"), str(ROOT / "tests" / "scheduler")]
+sys.path[:0] = [
+    str(ROOT / "bench"),
+    str(ROOT / "tests" / "helpers"),
+    str(ROOT / "tests" / "scheduler"),
+]
 
 from apibed import READ_POLICY, write_policy  # noqa: E402
-from aws import MotoServer, create_role  # noqa: E402
+from aws import create_role  # noqa: E402
 from seed import seed_grants  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
+from stack import AWS_ENV, Moto, Processes, started  # noqa: E402
 
 from broker import create_app  # noqa: E402
 from broker.db import Database  # noqa: E402
@@ -46,6 +56,8 @@ class CountingIam:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.iam, name)
+        if not callable(method):
+            return method
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
@@ -54,110 +66,119 @@ class CountingIam:
         return call
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grants", type=int, default=10_000)
-    parser.add_argument("--roles", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=500, help="grants per expiry transaction")
-    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
-    args = parser.parse_args()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+def measure(
+    database_url: str, endpoint_url: str, tmp: Path, *, grants: int, roles: int
+) -> dict[str, Any]:
+    """Seed ``grants`` due grants on ``roles`` roles and time one sweep; the figures."""
+    import boto3
 
-    with tempfile.TemporaryDirectory() as tmp, MotoServer() as moto:
-        url, schema = _database_url(args.database_url, Path(tmp))
-        database = Database(url)
-        upgrade(database)
-        iam = moto.client("iam")
-        suffix = uuid.uuid4().hex[:6]
-        roles = [
-            create_role(iam, f"bench-{suffix}-{i}", policies={"read": READ_POLICY})
-            for i in range(args.roles)
-        ]
-        write_policy(Path(tmp) / "policies", {"read": roles[0], "admin": roles[1]}, utcnow())
-        app = create_app(
-            {
-                "ENV": "testing",
-                "DATABASE_URL": url,
-                "POLICY_DIR": str(Path(tmp) / "policies"),
-                "AWS_ENDPOINT_URL": moto.endpoint_url,
-                "SCHEDULER_BATCH_SIZE": args.batch,
-                "LOG_JSON": False,
-            }
-        )
-        now = utcnow()
-        t = time.perf_counter()
-        seed_grants(
-            database, args.grants, roles, expires_at=lambda i: now - timedelta(seconds=1), now=now
-        )
-        print(
-            f"seeded {args.grants} due grants with live sessions on {args.roles} roles "
-            f"({database.dialect}) in {time.perf_counter() - t:.1f} s"
-        )
-
-        counting = CountingIam(iam)
-        scheduler = Scheduler(app, iam_client=counting)
-        t0 = time.perf_counter()
-        ended = scheduler.expire_due()
-        t1 = time.perf_counter()
-        result = scheduler.revoke()
-        t2 = time.perf_counter()
-        again = scheduler.revoke()
-
-        with database.session() as session:
-            expired = session.scalar(select(func.count()).where(Grant.status == "expired"))
-            applied = session.scalar(select(func.count()).where(Revocation.status == "applied"))
-            events = session.scalar(select(func.count()).select_from(AuditEvent))
-        print(
-            f"expiry pass:     {len(ended)} grants ended in {t1 - t0:.2f} s "
-            f"({(t1 - t0) / max(len(ended), 1) * 1000:.2f} ms/grant)"
-        )
-        print(
-            f"revocation pass: {sum(len(v) for v in result.applied.values())} revocations on "
-            f"{len(result.applied)} roles in {t2 - t1:.2f} s"
-        )
-        print(f"total:           {t2 - t0:.2f} s for {args.grants} grants")
-        print(
-            f"IAM calls:       {sum(counting.calls.values())} "
-            + ", ".join(f"{k}={v}" for k, v in sorted(counting.calls.items()))
-        )
-        print(
-            f"PutRolePolicy per role per pass: {result.puts / args.roles:.2f} "
-            f"(a second pass with nothing due wrote {again.puts})"
-        )
-        print(
-            f"database: {expired} grants expired, {applied} revocations applied, "
-            f"{events} audit events"
-        )
-        database.dispose()
-        app.extensions["broker.db"].dispose()
-        if schema:
-            _drop_schema(args.database_url, schema)
+    database = Database(database_url)
+    upgrade(database)
+    iam = boto3.client("iam", endpoint_url=endpoint_url, region_name="us-east-1")
+    suffix = uuid.uuid4().hex[:6]
+    arns = [
+        create_role(iam, f"bench-exp-{suffix}-{i}", policies={"read": READ_POLICY})
+        for i in range(roles)
+    ]
+    policy_dir = tmp / f"policies-expiry-{suffix}"
+    write_policy(policy_dir, {"read": arns[0], "admin": arns[1 % roles]}, utcnow())
+    app = create_app(
+        {
+            "ENV": "testing",
+            "DATABASE_URL": database_url,
+            "POLICY_DIR": str(policy_dir),
+            "AWS_ENDPOINT_URL": endpoint_url,
+            "LOG_JSON": False,
+        }
+    )
+    now = utcnow()
+    seed_grants(database, grants, arns, expires_at=lambda i: now - timedelta(seconds=1), now=now)
+    counting = CountingIam(iam)
+    scheduler = Scheduler(app, iam_client=counting)
+    started_at = time.perf_counter()
+    result = scheduler.sweep()
+    elapsed = time.perf_counter() - started_at
+    again = scheduler.revoke()
+    with database.session() as session:
+        expired = session.scalar(select(func.count()).where(Grant.status == "expired"))
+        applied = session.scalar(select(func.count()).where(Revocation.status == "applied"))
+        events = session.scalar(select(func.count()).select_from(AuditEvent))
+    database.dispose()
+    app.extensions["broker.db"].dispose()
+    return {
+        "seconds": elapsed,
+        "expired": expired,
+        "ended_by_sweep": len(result.expired),
+        "applied": applied,
+        "audit_events": events,
+        "puts": result.revocations.puts,
+        "puts_per_role": result.revocations.puts / roles,
+        "second_pass_puts": again.puts,
+        "batch": scheduler.batch,
+        "iam_calls": dict(counting.calls),
+    }
 
 
-def _database_url(url: str | None, tmp: Path) -> tuple[str, str | None]:
+@contextlib.contextmanager
+def _database(url: str | None, tmp: Path) -> Iterator[str]:
+    """The given database, a fresh schema in it (PostgreSQL), or a temporary SQLite file."""
     if url is None:
-        return f"sqlite:///{tmp / 'bench.db'}", None
+        yield f"sqlite:///{tmp / 'bench.db'}"
+        return
     if not url.startswith("postgresql"):
-        return url, None
+        yield url
+        return
     import sqlalchemy as sa
 
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    engine.dispose()
     sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options=-csearch_path%3D{schema}", schema
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
 
 
-def _drop_schema(url: str, schema: str) -> None:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    engine.dispose()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grants", type=int, default=10_000)
+    parser.add_argument("--roles", type=int, default=100)
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument("--endpoint-url", default=None, help="moto; default: start one")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    for key, value in AWS_ENV.items():
+        os.environ.setdefault(key, value)
+    with (
+        tempfile.TemporaryDirectory() as tmp_name,
+        started(Processes()) as procs,
+        _database(args.database_url, Path(tmp_name)) as url,
+    ):
+        tmp = Path(tmp_name)
+        endpoint = args.endpoint_url or Moto(procs, tmp).endpoint_url
+        figures = measure(url, endpoint, tmp, grants=args.grants, roles=args.roles)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(
+        f"sweep: {figures['ended_by_sweep']} grants ended and {figures['applied']} revocations "
+        f"applied on {args.roles} roles in {figures['seconds']:.2f} s "
+        f"(batch {figures['batch']})"
+    )
+    calls = figures["iam_calls"]
+    print(
+        f"IAM calls: {sum(calls.values())} "
+        + ", ".join(f"{k}={v}" for k, v in sorted(calls.items()))
+    )
+    print(
+        f"PutRolePolicy per role: {figures['puts_per_role']:.2f} "
+        f"(a second pass with nothing due wrote {figures['second_pass_puts']})"
+    )
+    print(f"audit events: {figures['audit_events']}")
 
 
 if __name__ == "__main__":
