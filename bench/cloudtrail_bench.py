@@ -324,6 +324,9 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--database-url", help="PostgreSQL URL (default: a temporary SQLite file)")
     parser.add_argument("--skip-ingest", action="store_true", help="Only the attribution figure.")
+    parser.add_argument(
+        "--json", action="store_true", help="End with the figures as one JSON line."
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cloudtrail-bench-") as tmp:
         database = Database(args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}")
@@ -345,11 +348,15 @@ def main() -> int:
             f"  {cpu_rate:,.0f} records per CPU second of this process; load average "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (other work slows the wall figure)"
         )
+        figures = {"rate": rate, "cpu_rate": cpu_rate, "attributed": attributed, "detections": hits}
         if not args.skip_ingest:
             rate, stored = ingestion_rate(database, snapshot, files)
+            figures["ingest_rate"] = rate
             print(f"ingestion ({database.dialect}, in-memory bucket, rows stored): "
                   f"{rate:,.0f} records/s; {stored}")  # fmt: skip
         database.dispose()
+    if args.json:
+        print(json.dumps(figures))
     return 0 if verdict == "ok" else 1
 
 

@@ -9,7 +9,7 @@ afterwards. ``--quick`` is a smoke run (one round, small sizes) that CI runs so 
 keep working; its numbers mean little.
 
     bench/run [--quick] [--rounds N] [--only issuance,throughput,entitlements,revoke,expiry,
-              audit,cli] [--backends sqlite,postgresql]
+              audit,cli,cloudtrail] [--backends sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -45,7 +45,16 @@ from stack import (  # noqa: E402
     started,
 )
 
-SCENARIOS = ("issuance", "throughput", "entitlements", "revoke", "expiry", "audit", "cli")
+SCENARIOS = (
+    "issuance",
+    "throughput",
+    "entitlements",
+    "revoke",
+    "expiry",
+    "audit",
+    "cli",
+    "cloudtrail",
+)
 LABEL = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
@@ -359,6 +368,35 @@ def cli(table: Table, sizes: Sizes, rounds: int) -> None:
         )
 
 
+def cloudtrail(table: Table, quick: bool, rounds: int) -> None:
+    """CloudTrail attribution rate over 1M records (bench/cloudtrail_bench.py, SQLite)."""
+    records = 20_000 if quick else 1_000_000
+    row = table.row(
+        "cloudtrail",
+        f"CloudTrail attribution, records/s ({records:,} records)",
+        ">= 50k",
+        "ev/s",
+        lambda v: v >= 50_000,
+    )
+    script = Path(__file__).resolve().parent / "cloudtrail_bench.py"
+    for r in range(rounds):
+        with step(f"CloudTrail attribution, round {r + 1}"):
+            done = subprocess.run(
+                [sys.executable, str(script), "--records", str(records), "--skip-ingest", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
+        if done.returncode not in (0, 1):
+            raise RuntimeError(f"cloudtrail_bench failed: {done.stderr[-3000:]}")
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        row.values.append(found["rate"])
+        table.note(
+            f"CloudTrail round {r + 1}: {found['cpu_rate']:,.0f} records per CPU second, "
+            f"{found['attributed']:,} attributed, {found['detections']} detections"
+        )
+
+
 def main() -> int:
     """Run what was asked and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -402,6 +440,8 @@ def main() -> int:
             if "cli" in only:
                 with step("broker --help"):
                     cli(table, sizes, rounds)
+            if "cloudtrail" in only:
+                cloudtrail(table, args.quick, rounds)
         finally:
             procs.stop_all()
             if pg is not None:
