@@ -43,6 +43,7 @@ from prometheus_client.core import (
 )
 from sqlalchemy import func, select
 
+from broker.activity.metrics import ActivityCollector
 from broker.db import Database, get_database
 from broker.errors import Unauthenticated
 from broker.models import (
@@ -198,6 +199,7 @@ def registry_for(database: Database, store: PolicyStore | None = None) -> Collec
     """A registry of the database collector and this process's policy (no other process data)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(database))
+    registry.register(ActivityCollector(database))  # CloudTrail, detections, notifications
     if store is not None:
         registry.register(PolicyCollector(store))
     return registry

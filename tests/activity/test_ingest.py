@@ -13,7 +13,7 @@ from activitybed import ActivityBed, make_bed
 from prometheus_client import CollectorRegistry, generate_latest
 from schedbed import issue
 from sqlalchemy import func, select
-from trailbed import assume_role_record, call_record, log_key, other_record, pack
+from trailbed import assume_role_record, call_record, log_key, other_record, pack, run_instances
 
 from broker.activity.ingest import CloudTrailIngestor
 from broker.activity.metrics import ActivityCollector
@@ -258,3 +258,19 @@ def test_an_organization_trail_under_a_prefix(
         assert sum(f.attributed for f in result.files) == 2
     finally:
         bed.app.extensions["broker.db"].dispose()
+
+
+def test_metrics_count_files_records_and_detections(bed: ActivityBed) -> None:
+    cora = issue(bed, bed.token("cora@contractor.example", ("developers",)), "app-read")
+    assert bed.trail is not None
+    bed.trail.put([run_instances(bed.key_of(cora), utcnow(), "p4d.24xlarge")], at=utcnow())
+    bed.trail.put_raw(log_key(utcnow()), b"not gzip")
+    bed.ingestor().scan()
+    text = bed.client.get("/metrics").get_data(as_text=True)
+    assert 'broker_cloudtrail_files{status="done"} 1.0' in text
+    assert 'broker_cloudtrail_files{status="malformed"} 1.0' in text
+    assert "broker_cloudtrail_attributed_records_total 1.0" in text
+    assert (
+        'broker_detections_total{outcome="revoked",response="revoke_grant",'
+        'rule="crypto-mining-contractor"} 1.0'
+    ) in text
