@@ -602,6 +602,9 @@ def test_git_revisions_of_the_policy_directory(tmp_path: Path) -> None:
     code, _, err = run("--base", "no-such-branch", policies)
     assert code == 1
     assert "unknown git revision 'no-such-branch'" in err
+    code, _, err = run("--base=--output=/tmp/x", policies)
+    assert code == 1
+    assert "'--output=/tmp/x' is not a git revision" in err
 
 
 GROUPS = ["a", "b", "c", "d"]

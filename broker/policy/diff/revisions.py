@@ -62,6 +62,8 @@ def repository_path(directory: Path) -> tuple[Path, str]:
 
 def resolve(top: Path, revision: str) -> str:
     """The commit a revision names, or GitError saying how to get it."""
+    if revision.startswith("-"):  # git would read it as an option
+        raise GitError(f"{revision!r} is not a git revision (it starts with '-')")
     try:
         return (
             _git(top, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}").decode().strip()
