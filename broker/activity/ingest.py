@@ -357,7 +357,9 @@ class CloudTrailIngestor:
             activity_row(r, a, file_id=file_id, keep_record=self.source.keep_records)
             for r, a in attributed
         ]
-        insert = self._insert(ActivityRecord).on_conflict_do_nothing(index_elements=["event_id"])
+        # On the Table, not the mapped class: a Core executemany, not the ORM's bulk path.
+        table = ActivityRecord.__table__
+        insert = self._insert(table).on_conflict_do_nothing(index_elements=["event_id"])
         for start in range(0, len(rows), INSERT_CHUNK):
             session.execute(insert, rows[start : start + INSERT_CHUNK])
 
