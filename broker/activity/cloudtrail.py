@@ -119,6 +119,10 @@ def record_problem(record: Any) -> str | None:
         value = record.get(name)
         if value.__class__ is not str or not value:
             return f"a record has no {name}"
+    try:
+        event_time(record)
+    except ValueError:
+        return "a record's eventTime is not a time"
     return None
 
 

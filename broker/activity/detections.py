@@ -154,7 +154,13 @@ class DetectionEngine:
         return bool(self.rules)
 
     def match(self, record: Mapping[str, Any], found: Attribution) -> list[Hit]:
-        """Every rule the record matches, in policy order."""
+        """Every rule the record matches, in policy order.
+
+        The broker's own AssumeRole (attributed to the session it made) is the broker's call,
+        from the broker's address: no rule is about it.
+        """
+        if found.matched_by == "assume_role":
+            return []
         candidates = self._by_action.get(found.action)
         if candidates is None:
             if len(self._by_action) > 10_000:

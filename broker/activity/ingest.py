@@ -298,6 +298,11 @@ class CloudTrailIngestor:
             return FileOutcome(key, "lost")
         except SQLAlchemyError as exc:
             return self._failed(file_id, token, key, f"database write failed ({exc})")
+        except Exception as exc:  # content nobody foresaw: report and skip, never stop reading
+            log.exception("CloudTrail file %s could not be processed", key)
+            return self._malformed(
+                file_id, token, key, f"could not be processed ({type(exc).__name__}: {exc})"
+            )
 
     def _settle(
         self,

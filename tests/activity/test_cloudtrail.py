@@ -80,6 +80,9 @@ def test_log_files_are_read_or_refused_with_a_reason() -> None:
     assert record_problem(records[0]) is None
     assert record_problem({"eventID": "1"}) == "a record has no eventTime"
     assert record_problem([]) == "a record is not a JSON object"
+    assert record_problem({**records[0], "eventTime": "yesterday"}) == (
+        "a record's eventTime is not a time"
+    )
 
 
 def test_actions_use_iam_service_prefixes() -> None:

@@ -197,3 +197,14 @@ def test_matching_by_every_kind_of_condition(tmp_path: Path) -> None:
     )
     assert _fired(engine, _record("s3", "ListBuckets"), late=True) == []  # a contractor
     assert _fired(engine, _record("s3", "ListBuckets"), late=True, kind="staff") == ["staff-late"]
+
+
+def test_the_brokers_own_assume_role_matches_no_rule(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, "- id: off-network\n  match: {source_ip_outside_network: true}\n")
+    engine = DetectionEngine(loaded.policy.detections, loaded.policy.entitlements)
+    record = _record("sts", "AssumeRole", sourceIPAddress="198.51.100.10")
+    call = _found(record)
+    assert [h.rule.id for h in engine.match(record, call)] == ["off-network"]
+    own = Attribution(call.person, call.session, "assume_role", call.action, call.event_time,
+                      False, None)  # fmt: skip
+    assert engine.match(record, own) == []
