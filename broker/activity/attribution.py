@@ -7,14 +7,15 @@ response), when its role session name is one the broker chose, or, failing those
 
 The :class:`Attributor` is built for volume: :meth:`Attributor.attribute_batch` fetches, for a
 whole batch of records, every session, grant state and person not yet known in a few ``IN``
-queries; the rest is dictionary lookups. Sessions never change once recorded,
-so they stay cached; grant states are fetched fresh for every batch (a grant may end at any
-time); keys that are not the broker's are remembered until :meth:`Attributor.forget_misses`.
+queries; the rest is dictionary lookups. Sessions never change once recorded, so they stay
+cached; a grant's state is read again when it is older than ``grant_ttl`` (5 s: a grant may end
+at any time, and files arrive minutes after the calls they record) or was forgotten (a pass
+starts, a response ended grants); keys that are not the broker's are remembered until
+:meth:`Attributor.forget_misses`.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,22 +33,6 @@ CHUNK = 500
 MAX_CACHED = 200_000
 GRANT_TTL_SECONDS = 5.0
 """How long a grant's state read from the database is used before it is read again."""
-SUMMARY_KEYS = (
-    "instanceType",
-    "roleArn",
-    "roleSessionName",
-    "userName",
-    "groupName",
-    "policyArn",
-    "policyName",
-    "bucketName",
-    "name",
-    "trailName",
-    "functionName",
-    "dBInstanceIdentifier",
-)
-"""Top-level request parameters kept in the compact row (scalars, cut to 256 characters)."""
-_SECRET_KEY = re.compile(r"secret|sessiontoken|session_token|password|privatekey", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +88,7 @@ class Attribution:
     grant_ended_at: datetime | None
 
 
-def _issued_key(record: Mapping[str, Any]) -> str | None:
+def issued_key(record: Mapping[str, Any]) -> str | None:
     """The access key an ``AssumeRole`` record's response hands out."""
     if record.get("eventName") != "AssumeRole":
         return None
@@ -143,7 +128,7 @@ def _hints(record: Mapping[str, Any], known: Mapping[str, SessionFacts]) -> _Hin
             last = arn.rsplit("/", 1)[-1]
             if last.startswith(SESSION_NAME_PREFIX):
                 name = last
-    issued = _issued_key(record) if record.get("eventName") == "AssumeRole" else None
+    issued = issued_key(record) if record.get("eventName") == "AssumeRole" else None
     return (key, issued, name, source)
 
 
@@ -343,81 +328,3 @@ class Attributor:
             ):
                 self.grants[grant_id] = GrantState(status, expires_at, ended_at)
             read_at.update(dict.fromkeys(listed[start : start + CHUNK], now))
-
-
-def activity_row(
-    record: Mapping[str, Any],
-    attribution: Attribution,
-    *,
-    file_id: int | None,
-    keep_record: bool,
-) -> dict[str, Any]:
-    """The compact row stored for an attributed record (whole record only when asked)."""
-    identity = record.get("userIdentity")
-    if not isinstance(identity, dict):
-        identity = {}
-    session = attribution.session
-    return {
-        "event_id": str(record["eventID"])[:64],
-        "event_time": attribution.event_time,
-        "action": attribution.action[:160],
-        "aws_region": _text(record.get("awsRegion"), 32),
-        "account_id": _text(record.get("recipientAccountId"), 12),
-        "source_ip": _text(record.get("sourceIPAddress"), 64),
-        "user_agent": _text(record.get("userAgent"), 256),
-        "error_code": _text(record.get("errorCode"), 128),
-        # The session's key: for the AssumeRole that made it, not the broker's own caller key.
-        "access_key_id": session.access_key_id
-        if session
-        else _text(identity.get("accessKeyId"), 128),
-        "matched_by": attribution.matched_by,
-        "principal_id": attribution.person.principal_id,
-        "grant_id": session.grant_id if session else None,
-        "session_id": session.session_id if session else None,
-        "entitlement_id": session.entitlement_id if session else None,
-        "role_arn": session.role_arn if session else None,
-        "after_grant_end": attribution.after_grant_end,
-        "resources": resources_of(record),
-        "summary": summary_of(record),
-        "file_id": file_id,
-        "record": redact(record) if keep_record else None,
-    }
-
-
-def resources_of(record: Mapping[str, Any]) -> list[str]:
-    """The ARNs a record names in ``resources`` (at most 20)."""
-    found = record.get("resources")
-    if not isinstance(found, list):
-        return []
-    arns = [r["ARN"] for r in found if isinstance(r, dict) and isinstance(r.get("ARN"), str)]
-    return arns[:20]
-
-
-def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
-    """A few request parameters people ask about (instance type, user name, role ARN...)."""
-    params = record.get("requestParameters")
-    if not isinstance(params, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for name in SUMMARY_KEYS:
-        value = params.get(name)
-        if isinstance(value, str):
-            out[name] = value[:256]
-        elif isinstance(value, bool | int):
-            out[name] = value
-    return out
-
-
-def redact(value: Any) -> Any:
-    """A copy of a record without anything secret-looking (session tokens, passwords)."""
-    if isinstance(value, dict):
-        return {
-            k: ("<redacted>" if _SECRET_KEY.search(str(k)) else redact(v)) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
-def _text(value: object, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None

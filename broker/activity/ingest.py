@@ -29,12 +29,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from broker.activity.attribution import Attribution, Attributor, activity_row
+from broker.activity.attribution import Attribution, Attributor
 from broker.activity.cloudtrail import (
     LogKey,
     MalformedLogFile,
@@ -45,10 +43,12 @@ from broker.activity.cloudtrail import (
     record_problem,
 )
 from broker.activity.detections import DetectionEngine, Hit
-from broker.activity.responses import ALERTED, CUT_OFF, NO_GRANT, REVOKED, DetectionResponder
+from broker.activity.ledger import Claim, FileLedger, insert_for
+from broker.activity.records import activity_row
+from broker.activity.responses import CUT_OFF, REVOKED, DetectionResponder
 from broker.audit import AuditLog, EventContext, NewEvent
 from broker.db import Database
-from broker.models import ActivityCursor, ActivityRecord, CloudTrailFile, Detection, new_id
+from broker.models import ActivityRecord
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,17 @@ class CloudTrailIngestor:
         self.source = source
         self.policy = policy
         self.clock = clock
-        self.holder = holder[:255]
         self.keep_going = keep_going
         self.attributor = Attributor()
         self.audit = AuditLog(clock)
+        self.ledger = FileLedger(
+            database,
+            source.bucket,
+            holder=holder,
+            clock=clock,
+            stale_after=source.claim_stale,
+            forget_after=max(source.retention, source.lookback * 4),
+        )
 
     # -- passes ----------------------------------------------------------------------------------
 
@@ -156,12 +163,13 @@ class CloudTrailIngestor:
         """List every region prefix from its cursor and read the files not read yet."""
         result = IngestResult()
         self.attributor.forget_misses()
-        self._retry_stale(result)
+        for key in self.ledger.stale():  # their reader stopped mid-file
+            result.files.append(self.ingest_key(key))
         for where in self.prefixes():
             if not self.keep_going():
                 break
             self._scan_prefix(where, result)
-        self._prune()
+        self.ledger.prune()
         return result
 
     def poll_queue(self, *, max_batches: int = 10) -> IngestResult:
@@ -219,11 +227,11 @@ class CloudTrailIngestor:
 
     def _scan_prefix(self, where: LogKey, result: IngestResult) -> None:
         name = f"cloudtrail:{self.source.bucket}:{where.prefix}"
-        cursor = self._cursor(name)
+        cursor = self.ledger.cursor(name)
         settled = cursor
         blocked = False
         for keys in self._listing(where, cursor):
-            known = self._known(keys)
+            known = self.ledger.known(keys)
             for key in keys:
                 if not self.keep_going():
                     blocked = True
@@ -235,7 +243,7 @@ class CloudTrailIngestor:
                 elif not blocked and (settled is None or key > settled):
                     settled = key
             if settled != cursor and settled is not None:
-                self._save_cursor(name, settled)
+                self.ledger.save_cursor(name, settled)
                 cursor = settled
             if blocked:
                 break
@@ -270,45 +278,40 @@ class CloudTrailIngestor:
         where = parse_key(key)
         if where is None or (self.source.accounts and where.account not in self.source.accounts):
             return FileOutcome(key, "ignored")
-        claim = self._claim(key)
+        claim = self.ledger.claim(key)
         if claim is None:
             return FileOutcome(key, "skipped")
-        file_id, token = claim
         if not where.expected:
-            return self._malformed(file_id, token, key, "not a CloudTrail log file name")
+            return self._malformed(claim, "not a CloudTrail log file name")
         try:
             body: bytes = self.s3.get_object(Bucket=self.source.bucket, Key=key)["Body"].read()
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404"):
-                return self._malformed(file_id, token, key, "the file is gone from the bucket")
-            return self._failed(file_id, token, key, f"S3 refused the read ({code})")
+                return self._malformed(claim, "the file is gone from the bucket")
+            return self._failed(claim, f"S3 refused the read ({code})")
         except BotoCoreError as exc:
-            return self._failed(file_id, token, key, f"S3 could not be reached ({exc})")
+            return self._failed(claim, f"S3 could not be reached ({exc})")
         try:
             records = read_log_file(body)
         except MalformedLogFile as exc:
-            return self._malformed(file_id, token, key, str(exc))
+            return self._malformed(claim, str(exc))
         good = [r for r in records if record_problem(r) is None]
         problems = sorted({p for r in records if (p := record_problem(r)) is not None})
         try:
-            return self._settle(file_id, token, key, good, len(records) - len(good), problems)
+            return self._settle(claim, good, len(records) - len(good), problems)
         except _ClaimLost:
             log.warning("CloudTrail file %s was taken over by another scheduler", key)
             return FileOutcome(key, "lost")
         except SQLAlchemyError as exc:
-            return self._failed(file_id, token, key, f"database write failed ({exc})")
+            return self._failed(claim, f"database write failed ({exc})")
         except Exception as exc:  # content nobody foresaw: report and skip, never stop reading
             log.exception("CloudTrail file %s could not be processed", key)
-            return self._malformed(
-                file_id, token, key, f"could not be processed ({type(exc).__name__}: {exc})"
-            )
+            return self._malformed(claim, f"could not be processed ({type(exc).__name__}: {exc})")
 
     def _settle(
         self,
-        file_id: int,
-        token: str,
-        key: str,
+        claim: Claim,
         records: Sequence[Mapping[str, Any]],
         bad: int,
         problems: Sequence[str],
@@ -317,28 +320,21 @@ class CloudTrailIngestor:
         with self.db.read_session() as session:
             attributed = self.attributor.attribute_batch(session, records)
         hits = [(r, a, h) for r, a in attributed for h in view.engine.match(r, a)]
+        key = claim.key
         outcome = FileOutcome(key, "done", records=len(records) + bad, attributed=len(attributed))
         now = self.clock()
         with self.db.session() as session:
-            owned = session.execute(
-                update(CloudTrailFile)
-                .where(
-                    CloudTrailFile.id == file_id,
-                    CloudTrailFile.claim_token == token,
-                    CloudTrailFile.status == "claimed",
-                )
-                .values(
-                    status="done",
-                    done_at=now,
-                    records=len(records) + bad,
-                    attributed=len(attributed),
-                    bad_records=bad,
-                    error="; ".join(problems)[:2000] or None,
-                )
-            )
-            if owned.rowcount != 1:  # type: ignore[attr-defined]
+            if not self.ledger.settle(
+                session,
+                claim,
+                "done",
+                records=len(records) + bad,
+                attributed=len(attributed),
+                bad_records=bad,
+                error="; ".join(problems)[:2000] or None,
+            ):
                 raise _ClaimLost(key)
-            self._store(session, attributed, file_id)
+            self._store(session, attributed, claim.file_id)
             for record, found, hit in hits:
                 self._detect(session, view, record, found, hit, now, outcome)
             if bad:
@@ -364,7 +360,7 @@ class CloudTrailIngestor:
         ]
         # On the Table, not the mapped class: a Core executemany, not the ORM's bulk path.
         table = ActivityRecord.__table__
-        insert = self._insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+        insert = insert_for(self.db, table).on_conflict_do_nothing(index_elements=["event_id"])
         for start in range(0, len(rows), INSERT_CHUNK):
             session.execute(insert, rows[start : start + INSERT_CHUNK])
 
@@ -378,146 +374,23 @@ class CloudTrailIngestor:
         now: datetime,
         outcome: FileOutcome,
     ) -> None:
-        """Record a detection once per rule and event, respond, and audit both together."""
-        rule = hit.rule
-        event_id = str(record["eventID"])[:64]
-        detection_id = new_id()
-        facts = _facts(record, found)
-        inserted = session.execute(
-            self._insert(Detection)
-            .values(
-                id=detection_id,
-                rule_id=rule.id,
-                severity=rule.severity,
-                response=rule.response,
-                outcome="pending",
-                event_id=event_id,
-                event_time=found.event_time,
-                action=found.action[:160],
-                detected_at=now,
-                principal_id=found.person.principal_id,
-                grant_id=found.session.grant_id if found.session else None,
-                session_id=found.session.session_id if found.session else None,
-                details={"reasons": list(hit.reasons), **facts},
-            )
-            .on_conflict_do_nothing(index_elements=["rule_id", "event_id"])
-            .returning(Detection.id)
-        ).scalar()
-        if inserted is None:
+        """Record, answer and audit a detection (once per rule and event) with the file."""
+        result = view.responder.fire(session, hit, found, record, now=now)
+        if result is None:
             return  # this rule fired on this event before (the same event in another file)
-        result = self._respond(session, view.responder, hit, found)
-        session.execute(
-            update(Detection).where(Detection.id == detection_id).values(outcome=result)
-        )
-        outcome.detections.append(rule.id)
+        outcome.detections.append(hit.rule.id)
         if result in (REVOKED, CUT_OFF):
             outcome.responses += 1
             self.attributor.forget_grants()  # later records of this batch see the grant ended
-        self._record(
-            session,
-            view.version,
-            NewEvent(
-                "detection.fired",
-                target=found.person.email,
-                decision="alert" if rule.response == "alert" else "revoke",
-                reason=f"{rule.id}: {rule.description or '; '.join(hit.reasons)}"[:1000],
-                details={
-                    "detection_id": detection_id,
-                    "rule": rule.id,
-                    "severity": rule.severity,
-                    "response": rule.response,
-                    "outcome": result,
-                    "notify": rule.notify,
-                    "reasons": list(hit.reasons),
-                    "event_id": event_id,
-                    "event_time": found.event_time.isoformat(),
-                    "person": found.person.email,
-                    **facts,
-                },
-            ),
-        )
 
-    def _respond(
-        self, session: Session, responder: DetectionResponder, hit: Hit, found: Attribution
-    ) -> str:
-        rule = hit.rule
-        actor = f"detection:{rule.id}"
-        reason = f"detection {rule.id}: {'; '.join(hit.reasons)}"[:1000]
-        if rule.response == "alert":
-            return ALERTED
-        try:
-            with session.begin_nested():
-                if rule.response == "cut_off":
-                    return responder.cut_off_in(
-                        session, found.person.principal_id, actor=actor, reason=reason
-                    )
-                if found.session is None:
-                    return NO_GRANT  # matched by source identity only: no grant to name
-                return responder.revoke_in(
-                    session, found.session.grant_id, actor=actor, reason=reason
-                )
-        except SQLAlchemyError as exc:
-            log.error("detection %s could not %s: %s", rule.id, rule.response, exc)
-            return "failed"
+    # -- outcomes ----------------------------------------------------------------------------
 
-    # -- claims ------------------------------------------------------------------------------
-
-    def _insert(self, model: Any) -> Any:
-        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
-        return dialect.insert(model)
-
-    def _claim(self, key: str) -> tuple[int, str] | None:
-        """Insert the file's row (or take over a stale claim); None when another has it."""
-        now = self.clock()
-        token = new_id()
-        with self.db.session() as session:
-            file_id = session.execute(
-                self._insert(CloudTrailFile)
-                .values(
-                    bucket=self.source.bucket,
-                    key=key,
-                    status="claimed",
-                    claim_token=token,
-                    claimed_by=self.holder,
-                    claimed_at=now,
-                    attempts=1,
-                    records=0,
-                    attributed=0,
-                    bad_records=0,
-                )
-                .on_conflict_do_nothing(index_elements=["bucket", "key"])
-                .returning(CloudTrailFile.id)
-            ).scalar()
-            if file_id is not None:
-                return int(file_id), token
-            taken = session.execute(
-                update(CloudTrailFile)
-                .where(
-                    CloudTrailFile.bucket == self.source.bucket,
-                    CloudTrailFile.key == key,
-                    CloudTrailFile.status == "claimed",
-                    CloudTrailFile.claimed_at < now - self.source.claim_stale,
-                )
-                .values(
-                    claim_token=token,
-                    claimed_by=self.holder,
-                    claimed_at=now,
-                    attempts=CloudTrailFile.attempts + 1,
-                )
-                .returning(CloudTrailFile.id)
-            ).scalar()
-        return (int(taken), token) if taken is not None else None
-
-    def _malformed(self, file_id: int, token: str, key: str, why: str) -> FileOutcome:
+    def _malformed(self, claim: Claim, why: str) -> FileOutcome:
         """Mark a file skipped for good and report it (audit event, counted in metrics)."""
+        key = claim.key
         log.warning("CloudTrail file s3://%s/%s skipped: %s", self.source.bucket, key, why)
         with self.db.session() as session:
-            owned = session.execute(
-                update(CloudTrailFile)
-                .where(CloudTrailFile.id == file_id, CloudTrailFile.claim_token == token)
-                .values(status="malformed", done_at=self.clock(), error=why[:2000])
-            )
-            if owned.rowcount != 1:  # type: ignore[attr-defined]
+            if not self.ledger.settle(session, claim, "malformed", error=why[:2000]):
                 return FileOutcome(key, "lost")
             self._record(
                 session,
@@ -532,103 +405,17 @@ class CloudTrailIngestor:
             )
         return FileOutcome(key, "malformed", error=why)
 
-    def _failed(self, file_id: int, token: str, key: str, why: str) -> FileOutcome:
+    def _failed(self, claim: Claim, why: str) -> FileOutcome:
         """Give the claim back so the file is read on a later pass."""
         log.warning(
-            "CloudTrail file s3://%s/%s not read, will retry: %s", self.source.bucket, key, why
+            "CloudTrail file s3://%s/%s not read, will retry: %s",
+            self.source.bucket,
+            claim.key,
+            why,
         )
-        try:
-            with self.db.session() as session:
-                session.execute(
-                    delete(CloudTrailFile).where(
-                        CloudTrailFile.id == file_id,
-                        CloudTrailFile.claim_token == token,
-                        CloudTrailFile.status == "claimed",
-                    )
-                )
-        except SQLAlchemyError:
-            pass  # the claim goes stale and is taken over later
-        return FileOutcome(key, "failed", error=why)
-
-    def _retry_stale(self, result: IngestResult) -> None:
-        """Read again the files whose claimer stopped mid-file (their claim went stale)."""
-        cutoff = self.clock() - self.source.claim_stale
-        with self.db.read_session() as session:
-            keys = session.scalars(
-                select(CloudTrailFile.key)
-                .where(
-                    CloudTrailFile.bucket == self.source.bucket,
-                    CloudTrailFile.status == "claimed",
-                    CloudTrailFile.claimed_at < cutoff,
-                )
-                .limit(100)
-            ).all()
-        for key in keys:
-            result.files.append(self.ingest_key(key))
-
-    def _known(self, keys: Sequence[str]) -> set[str]:
-        with self.db.read_session() as session:
-            return set(
-                session.scalars(
-                    select(CloudTrailFile.key).where(
-                        CloudTrailFile.bucket == self.source.bucket, CloudTrailFile.key.in_(keys)
-                    )
-                ).all()
-            )
-
-    def _prune(self) -> None:
-        """Forget settled files long behind every cursor (they are never listed again)."""
-        cutoff = self.clock() - max(self.source.retention, self.source.lookback * 4)
-        with self.db.session() as session:
-            session.execute(
-                delete(CloudTrailFile).where(
-                    CloudTrailFile.status.in_(("done", "malformed")),
-                    CloudTrailFile.done_at < cutoff,
-                )
-            )
-
-    # -- cursors and audit -------------------------------------------------------------------
-
-    def _cursor(self, name: str) -> str | None:
-        with self.db.read_session() as session:
-            row = session.get(ActivityCursor, name)
-            return row.position if row is not None else None
-
-    def _save_cursor(self, name: str, key: str) -> None:
-        """Move a cursor forward (never back, whichever scheduler wrote it last)."""
-        now = self.clock()
-        with self.db.session() as session:
-            row = session.get(ActivityCursor, name, with_for_update=True)
-            if row is None:
-                session.execute(
-                    self._insert(ActivityCursor)
-                    .values(name=name, position=key, updated_at=now)
-                    .on_conflict_do_nothing(index_elements=["name"])
-                )
-            elif key > row.position:
-                row.position = key
-                row.updated_at = now
+        self.ledger.release(claim)
+        return FileOutcome(claim.key, "failed", error=why)
 
     def _record(self, session: Session, version: str, event: NewEvent) -> None:
         context = EventContext(actor="scheduler", client="scheduler", policy_version=version)
         self.audit.append(session, context, event)
-
-
-def _facts(record: Mapping[str, Any], found: Attribution) -> dict[str, Any]:
-    """What a detection names about the record, for the audit trail and notifications."""
-    session = found.session
-    identity = record.get("userIdentity")
-    key = identity.get("accessKeyId") if isinstance(identity, dict) else None
-    return {
-        "action": found.action,
-        "region": str(record.get("awsRegion") or ""),
-        "account": str(record.get("recipientAccountId") or ""),
-        "source_ip": str(record.get("sourceIPAddress") or ""),
-        "error_code": str(record.get("errorCode") or ""),
-        "access_key_id": key if isinstance(key, str) else "",
-        "grant_id": session.grant_id if session else None,
-        "session_id": session.session_id if session else None,
-        "entitlement": session.entitlement_id if session else None,
-        "role_arn": session.role_arn if session else None,
-        "after_grant_end": found.after_grant_end,
-    }

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker.activity.attribution import redact
+from broker.activity.records import redact
 from broker.activity.cloudtrail import (
     MalformedLogFile,
     action_of,
