@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+# How `broker` commands exit (docs/cli.md): scripts can tell these apart without parsing text.
+EXIT_ERROR = 1  # anything else that went wrong
+EXIT_USAGE = 2  # the command line itself is wrong (click's own code)
+EXIT_NOT_SIGNED_IN = 3  # no valid sign-in: run `broker login`
+EXIT_DENIED = 4  # the policy (or an admin) says no
+EXIT_UNAVAILABLE = 5  # the broker, its database, the identity provider or AWS did not answer
+
+
+def exit_code_for(status: int) -> int:
+    """The command's exit code for an HTTP status (or a BrokerError's)."""
+    if status == 401:
+        return EXIT_NOT_SIGNED_IN
+    if status == 403:
+        return EXIT_DENIED
+    if status in (429, 502, 503, 504):
+        return EXIT_UNAVAILABLE
+    return EXIT_ERROR
+
 
 class BrokerError(Exception):
     """Base error: a message for people, a stable code for machines, an HTTP status."""
 
     code = "broker_error"
     status = 500
+
+    @property
+    def exit_code(self) -> int:
+        """How a `broker` command that fails with this error exits."""
+        return exit_code_for(self.status)
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

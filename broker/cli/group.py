@@ -10,6 +10,7 @@ as `FLASK_RUN_FROM_CLI`) reaches the engineer's commands or the programs they st
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,19 @@ class LazyCommand:
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.target} is not a click command")
         return command
+
+
+class CommandFailed(click.ClickException):
+    """A BrokerError as click shows it, exiting with the error's code (docs/cli.md)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self._code = code
+
+    @property  # click reads it per instance
+    def exit_code(self) -> int:  # type: ignore[override]
+        """The BrokerError's exit code."""
+        return self._code
 
 
 class BrokerCli(click.Group):
@@ -78,6 +92,34 @@ class BrokerCli(click.Group):
                     create_app=self.create_app, set_debug_flag=False, load_dotenv_defaults=False
                 )
         return name, command, rest
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a BrokerError is shown as its explanation with its exit code, and a
+        database that does not answer as exit 5 (docs/cli.md), never as a traceback."""
+        from broker.errors import EXIT_ERROR, EXIT_UNAVAILABLE, BrokerError
+
+        try:
+            return super().invoke(ctx)
+        except BrokerError as exc:
+            raise CommandFailed(exc.explain(), exc.exit_code) from exc
+        except Exception as exc:
+            # Only admin commands load SQLAlchemy; the engineer's must not import it to check.
+            sa_exc = sys.modules.get("sqlalchemy.exc")
+            down = (sa_exc.OperationalError, sa_exc.InterfaceError) if sa_exc else ()
+            if not down or not isinstance(exc, down):
+                raise
+            cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            first = cause[0][:200] if cause else ""
+            if "no such table" in first:
+                raise CommandFailed(
+                    "The broker's database has no tables yet: run `broker db upgrade`.",
+                    EXIT_ERROR,
+                ) from exc
+            raise CommandFailed(
+                f"The broker's database did not answer ({first}). Check BROKER_DATABASE_URL "
+                "and that the database is running.",
+                EXIT_UNAVAILABLE,
+            ) from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The engineer's commands in the order they were added, then the admin commands."""

@@ -6,6 +6,8 @@ from typing import IO, Any
 
 import click
 
+from broker.errors import EXIT_NOT_SIGNED_IN, EXIT_UNAVAILABLE, exit_code_for
+
 
 class ClientError(click.ClickException):
     """A failure explained for a person; click prints it to stderr and exits non-zero."""
@@ -27,9 +29,13 @@ class ClientError(click.ClickException):
 class NotSignedIn(ClientError):
     """No usable broker token on this machine."""
 
+    exit_code = EXIT_NOT_SIGNED_IN
+
 
 class Unreachable(ClientError):
     """The broker did not answer (network, DNS, TLS, timeout)."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 class ApiError(ClientError):
@@ -40,3 +46,8 @@ class ApiError(ClientError):
     ) -> None:
         super().__init__(message, hint=hint, code=code)
         self.status = status
+
+    @property  # click reads it per instance; the status decides
+    def exit_code(self) -> int:  # type: ignore[override]
+        """3 not signed in, 4 denied, 5 unavailable, else 1 (docs/cli.md)."""
+        return exit_code_for(self.status)
