@@ -216,10 +216,14 @@ def make_files(
     prefix = f"AWSLogs/{ACCOUNT}/CloudTrail/eu-west-1/"
     for index in range(count):
         moment = NOW - timedelta(minutes=60) + timedelta(seconds=3600 * index / count)
-        at = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        # A file holds about five minutes of calls, as CloudTrail's do.
+        times = [(moment - timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ") for s in range(300)]
         n = min(per_file, records - index * per_file)
         body = gzip.compress(
-            json.dumps({"Records": [_record(rng, sessions, at) for _ in range(n)]}).encode(), 6
+            json.dumps(
+                {"Records": [_record(rng, sessions, rng.choice(times)) for _ in range(n)]}
+            ).encode(),
+            6,
         )
         name = f"{ACCOUNT}_CloudTrail_eu-west-1_{moment:%Y%m%dT%H%M}Z_{index:08d}.json.gz"
         key = f"{prefix}{moment:%Y/%m/%d}/{name}"
