@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broker.activity.records import redact
 from broker.activity.cloudtrail import (
     MalformedLogFile,
     action_of,
@@ -18,6 +17,7 @@ from broker.activity.cloudtrail import (
     read_log_file,
     record_problem,
 )
+from broker.activity.records import redact
 
 KEY = (
     "AWSLogs/123456789012/CloudTrail/eu-west-1/2026/03/07/"
