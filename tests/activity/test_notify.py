@@ -249,3 +249,16 @@ def test_the_scheduler_sends_a_detection_within_seconds(
 def _cursor_placed(bed: ActivityBed) -> bool:
     with get_database(bed.app).read_session() as session:
         return session.get(ActivityCursor, "notify:audit") is not None
+
+
+def test_the_slack_shape_is_an_incoming_webhook_message(hook: WebhookReceiver) -> None:
+    channel = WebhookChannel(hook.url, None, shape="slack")
+    payload = {"event": "detection", "subject": "[critical] detection x", "text": "cora: ec2"}
+    channel.send(Notification(id="n1", event="detection", recipients=[], payload=payload))
+    body = json.loads(hook.accepted[0].body)
+    assert body["text"] == "[critical] detection x\ncora: ec2"
+    assert body["blocks"][0] == {
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": "*[critical] detection x*\ncora: ec2"},
+    }
+    assert "X-Broker-Signature" not in hook.accepted[0].headers  # Slack's URL is its secret
