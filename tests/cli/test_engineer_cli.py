@@ -177,7 +177,7 @@ def test_unknown_entitlement_gets_a_did_you_mean(
     assert "There is no entitlement 'zzz'" in far.stderr and "Did you mean" not in far.stderr
     # One that exists but is refused keeps the policy's reason.
     denied = cli("creds", "app-admin")
-    assert denied.exit_code == 1
+    assert denied.exit_code == 4  # EXIT_DENIED (docs/cli.md)
     assert "Denied by policy" in denied.stderr and "There is no" not in denied.stderr
 
 
