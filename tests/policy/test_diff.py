@@ -22,6 +22,8 @@ from broker.policy.diff import (
     DirectoryPerson,
     diff_policies,
     load_directory,
+    render_json,
+    render_markdown,
     summary,
 )
 from broker.policy.issues import PolicyLoadError
@@ -530,6 +532,29 @@ def test_the_summary_counts_entitlements_not_changes() -> None:
     result = diff_policies(before, after)
     assert len(result.entitlements[0].changes) == 2
     assert summary(result) == "1 entitlement widens its session policy"
+
+
+def test_a_long_markdown_comment_is_cut_short() -> None:
+    many = {
+        "version": 1,
+        "entitlements": [
+            {"id": f"e-{n}", "role_arn": f"arn:aws:iam::111122223333:role/e{n}", "allow": m}
+            for n in range(150)
+            for m in [{"groups": ["a"]}]
+        ],
+    }
+    wider = copy.deepcopy(many)
+    for ent in wider["entitlements"]:
+        ent["allow"] = {"groups": ["a", "b"]}
+    result = diff_policies(
+        Evaluator(PolicySet.from_document(many)), Evaluator(PolicySet.from_document(wider))
+    )
+    markdown = render_markdown(result)
+    assert markdown.count("\n#### ") == 100
+    assert markdown.rstrip().endswith(
+        "… and 50 more changed things; `--format json` lists them all."
+    )
+    assert len(json.loads(render_json(result))["entitlements"]) == 150
 
 
 def test_a_new_description_changes_no_access() -> None:

@@ -21,6 +21,9 @@ from broker.policy.diff.records import (
 SHOWN_PEOPLE = 20
 """Most emails listed per line in text and Markdown; JSON lists everyone."""
 SUMMARY_ITEMS = 8
+MARKDOWN_BLOCKS = 100
+"""Most entitlements and rules detailed in Markdown, so that a comment stays within what code
+hosts accept (GitHub: 65,536 characters); the summary line and the risks still cover all."""
 
 # (field, direction) → what an entitlement does, singular and plural, for the summary line.
 _PHRASES: dict[tuple[str, Direction], tuple[str, str]] = {
@@ -249,7 +252,12 @@ def render_markdown(diff: PolicyDiff, compared: str = "") -> str:
             f"(exit code {EXIT_SENSITIVE_WIDENED}).",
         ]
         lines += [f"> - {_md(risk)}" for risk in diff.risks]
-    for heading, changes, movers in _blocks(diff):
+    blocks = list(_blocks(diff))
+    for number, (heading, changes, movers) in enumerate(blocks):
+        if number == MARKDOWN_BLOCKS:
+            rest = len(blocks) - number
+            lines += ["", f"… and {rest} more changed things; `--format json` lists them all."]
+            break
         lines += ["", f"#### {_md(heading)}", ""]
         for change in changes:
             word = (
