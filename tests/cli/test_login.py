@@ -123,7 +123,7 @@ def test_login_stores_token_in_a_private_file_without_keyring(
     assert answer.status_code == 401
     assert len(live.events("device.token.revoke")) == 1
     again = cli("whoami")
-    assert again.exit_code == 1
+    assert again.exit_code == 3  # not signed in (docs/cli.md exit codes)
     assert "You are not signed in" in again.output and "broker login" in again.output
 
 
@@ -178,7 +178,7 @@ def test_login_denied_in_browser(cli: Cli, live: LiveBroker, workspace: Workspac
 
 def test_messages_with_next_steps(cli: Cli, live: LiveBroker, workspace: Workspace) -> None:
     nothing = cli("whoami")
-    assert nothing.exit_code == 1
+    assert nothing.exit_code == 3
     assert "No broker address" in nothing.output and "broker login --url" in nothing.output
 
     token = live.bed.token("dev@example.com", ("developers",))
@@ -186,24 +186,25 @@ def test_messages_with_next_steps(cli: Cli, live: LiveBroker, workspace: Workspa
         live.url, token, email="dev@example.com", expires_at=utcnow() - timedelta(minutes=1)
     )
     expired = cli("whoami")
-    assert expired.exit_code == 1
+    assert expired.exit_code == 3
     assert "sign-in expired" in expired.output and "broker login" in expired.output
 
     workspace.store().save(
         live.url, "brk_revoked", email="x", expires_at=utcnow() + timedelta(hours=1)
     )
     invalid = cli("whoami")
+    assert invalid.exit_code == 3
     assert "did not accept your sign-in" in invalid.output and "broker login" in invalid.output
 
     workspace.sign_in(live, "cora@contractor.example", ("developers",))
     denied = cli("creds", "prod-read")
-    assert denied.exit_code == 1
+    assert denied.exit_code == 4
     assert "Denied by policy" in denied.output
     assert "Contractors never get production access" in denied.output
 
     workspace.sign_in(live, "sam@example.com", ("sre",))
     pending = cli("creds", "app-admin", "--reason", "incident")
-    assert pending.exit_code == 1
+    assert pending.exit_code == 1  # a step is missing (a request), not a refusal
     assert (
         "needs an approved request" in pending.output
         and "broker request app-admin" in pending.output
@@ -229,7 +230,7 @@ def test_messages_with_next_steps(cli: Cli, live: LiveBroker, workspace: Workspa
         expires_at=utcnow() + timedelta(hours=1),
     )
     down = cli("whoami")
-    assert down.exit_code == 1
+    assert down.exit_code == 5
     assert "Cannot reach the broker" in down.output and "network" in down.output
 
 
