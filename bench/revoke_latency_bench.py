@@ -125,6 +125,7 @@ class Outcome:
 
     seconds: list[float] = field(default_factory=list)
     unavailable: int = 0
+    timed_out: int = 0  # samples cut at the timeout (counted at the timeout: a lower bound)
 
 
 def _until_answered(
@@ -140,7 +141,7 @@ def _until_answered(
         time.sleep(0.2)
 
 
-def latencies(site: Site, samples: int, *, timeout: float = 120.0) -> Outcome:
+def latencies(site: Site, samples: int, *, timeout: float = 300.0) -> Outcome:
     """``samples`` revoke-to-deny times in seconds (people take turns, 1 s apart each).
 
     The clock starts when the revoke is first sent; a 503 on the way is retried (as a person
@@ -169,7 +170,8 @@ def latencies(site: Site, samples: int, *, timeout: float = 120.0) -> Outcome:
             raise RuntimeError(f"revoke failed ({status}): {answer}")
         while not denied(_policy(site.iam, site.revoke_role), grant_id, who, issued_after):
             if time.perf_counter() - started_at > timeout:
-                raise RuntimeError(f"no deny for grant {grant_id} within {timeout:.0f} s")
+                outcome.timed_out += 1
+                break
             time.sleep(0.02)
         outcome.seconds.append(time.perf_counter() - started_at)
         # TokenIssueTime has whole seconds: this person's next session must start after the

@@ -271,6 +271,8 @@ def revoke(
         found = outcome.seconds
         row.values.append(revoke_latency_bench.p99(found))
         busy = f"; {outcome.unavailable} answers were 503" if outcome.unavailable else ""
+        if outcome.timed_out:
+            busy += f"; {outcome.timed_out} cut at the 300 s timeout"
         table.note(
             f"{name} revoke round {r + 1}: p50 {statistics.median(found):.2f} s, "
             f"max {max(found):.2f} s over {len(found)}{busy}"

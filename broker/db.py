@@ -120,6 +120,9 @@ def make_engine(url: str, *, echo: bool = False, timeouts: Timeouts | None = Non
         pool_size=10,
         max_overflow=20,
         pool_timeout=limits.connect_seconds,
+        # No ping per checkout (see broker.dbwatch): connections are renewed every half hour,
+        # and one the server closed is noticed at checkout without a round trip.
+        pool_recycle=1800,
         json_serializer=canonical_json,
         connect_args={"connect_timeout": limits.connect_seconds},
     )
@@ -132,7 +135,7 @@ def make_engine(url: str, *, echo: bool = False, timeouts: Timeouts | None = Non
             cur.execute(f"SET lock_timeout = {limits.lock_seconds * 1000:d}")
         dbapi_conn.commit()
 
-    # Client-side deadlines (a frozen server enforces nothing) and the checkout ping.
+    # Client-side deadlines (a frozen server enforces nothing) and the checkout check.
     watch(engine, statement_seconds=limits.statement_seconds, ping_seconds=limits.connect_seconds)
     return engine
 

@@ -6,9 +6,10 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from broker.auth.identity import attributes_of, auth_context
@@ -68,13 +69,25 @@ def mint_for_person(
     return mint(session, principal, name=name, kind=kind, ttl=ttl, now=now, claims=context)
 
 
-def authenticate(session: Session, plaintext: str, *, now: datetime) -> tuple[ApiToken, Principal]:
-    """Resolve a bearer token to its row and principal, or raise Unauthenticated."""
-    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(plaintext)))
-    if row is None:
+TOUCH_RESOLUTION = timedelta(minutes=5)
+"""`last_used_at` is coarse on purpose: no write per request just for it."""
+
+
+def authenticate(
+    session: Session, plaintext: str, *, now: datetime, touch: bool = True
+) -> tuple[ApiToken, Principal]:
+    """Resolve a bearer token to its row and principal (one query), or raise Unauthenticated.
+
+    With ``touch`` the row's `last_used_at` is moved on when it is due (see
+    :data:`TOUCH_RESOLUTION`); callers reading in a read-only transaction pass ``touch=False``
+    and call :func:`touch` apart when :func:`needs_touch` says so.
+    """
+    found = session.execute(_lookup(), {"hash": hash_token(plaintext)}).first()
+    if found is None:
         raise Unauthenticated(
             "The access token is not valid.", hint="Sign in again with `broker login`."
         )
+    row, principal = found[0], found[1]
     if row.revoked_at is not None:
         raise Unauthenticated(
             "The access token was revoked.", hint="Sign in again with `broker login`."
@@ -83,12 +96,19 @@ def authenticate(session: Session, plaintext: str, *, now: datetime) -> tuple[Ap
         raise Unauthenticated(
             "The access token has expired.", hint="Sign in again with `broker login`."
         )
-    principal = session.get(Principal, row.principal_id)
-    if principal is None:  # pragma: no cover - foreign key makes this impossible
-        raise Unauthenticated("The access token's owner no longer exists.")
-    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=5):
-        row.last_used_at = now  # coarse on purpose: no write per request just for this
+    if touch and needs_touch(row, now):
+        row.last_used_at = now
     return row, principal
+
+
+def needs_touch(row: ApiToken, now: datetime) -> bool:
+    """Whether the token's `last_used_at` is old enough to be written again."""
+    return row.last_used_at is None or now - row.last_used_at > TOUCH_RESOLUTION
+
+
+def touch(session: Session, token_id: str, *, now: datetime) -> None:
+    """Record that the token was used now."""
+    session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
 
 
 def revoke_for_principals(session: Session, principal_ids: Sequence[str], *, now: datetime) -> int:
@@ -99,3 +119,13 @@ def revoke_for_principals(session: Session, principal_ids: Sequence[str], *, now
         .values(revoked_at=now)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+@cache
+def _lookup() -> Any:
+    """A token and its person by the token's hash (built once: every API request asks)."""
+    return (
+        select(ApiToken, Principal)
+        .join(Principal, Principal.id == ApiToken.principal_id)
+        .where(ApiToken.token_hash == bindparam("hash"))
+    )

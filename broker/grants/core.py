@@ -6,11 +6,13 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from functools import cache
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from broker import ratelimit
 from broker.audit import AuditLog, EventContext, NewEvent
 from broker.db import Database
 from broker.errors import (
@@ -37,6 +39,7 @@ from broker.models import (
 )
 from broker.policy import Decision, Person, RequestContext, Verdict
 from broker.policy_store import PolicySnapshot
+from broker.ratelimit import RateLimit, RateLimited
 from broker.sts import (
     RoleLimits,
     StsIssuer,
@@ -96,21 +99,33 @@ class GrantCore:
     def _record(self, session: Session, ectx: EventContext, event: NewEvent) -> None:
         self.audit.append(session, ectx, event)
 
-    def _best_effort_record(self, ectx: EventContext, event: NewEvent) -> None:
+    def _best_effort_record(
+        self, ectx: EventContext, event: NewEvent, limit: RateLimit | None = None
+    ) -> None:
         try:
             with self._tx() as session:
+                if limit is not None:  # a refused attempt still counts against the limit
+                    ratelimit.count_hit(session, limit)
                 self._record(session, ectx, event)
         except AuditUnavailable:
             pass  # the original error is what the caller needs to see
 
     @contextmanager
     def _denials_audited(
-        self, caller: Caller, meta: RequestMeta, action: str, entitlement_id: str
+        self,
+        caller: Caller,
+        meta: RequestMeta,
+        action: str,
+        entitlement_id: str,
+        limit: RateLimit | None = None,
     ) -> Iterator[None]:
-        """Audit a refusal after the refused transaction has rolled back (never inside it)."""
+        """Audit a refusal after the refused transaction has rolled back (never inside it).
+
+        Being rate limited is not audited (the limit exists to keep floods out of the trail).
+        """
         try:
             yield
-        except AuditUnavailable:
+        except (AuditUnavailable, RateLimited):
             raise
         except BrokerError as exc:
             self._best_effort_record(
@@ -122,6 +137,7 @@ class GrantCore:
                     reason=exc.message,
                     details={"code": exc.code},
                 ),
+                limit,
             )
             raise
 
@@ -273,20 +289,27 @@ class GrantCore:
     def _active_grant(
         self, session: Session, principal_id: str, entitlement_id: str, now: datetime
     ) -> Grant | None:
-        return session.scalars(
-            select(Grant)
-            .where(
-                Grant.principal_id == principal_id,
-                Grant.entitlement_id == entitlement_id,
-                Grant.status == GrantStatus.ACTIVE,
-                Grant.expires_at > now,
-            )
-            .order_by(Grant.expires_at.desc())
-            .limit(1)
-        ).first()
+        params = {"principal": principal_id, "entitlement": entitlement_id, "now": now}
+        return session.scalars(_active_grant_query(), params).first()
 
     def _lock_grant(self, session: Session, grant_id: str) -> Grant:
         grant = session.get(Grant, grant_id, with_for_update=True)
         if grant is None:
             raise NotFound(f"No grant {grant_id}.")
         return grant
+
+
+@cache
+def _active_grant_query() -> Select[Grant]:
+    """The person's active grant for an entitlement (built once: every issuance asks)."""
+    return (
+        select(Grant)
+        .where(
+            Grant.principal_id == bindparam("principal"),
+            Grant.entitlement_id == bindparam("entitlement"),
+            Grant.status == GrantStatus.ACTIVE,
+            Grant.expires_at > bindparam("now"),
+        )
+        .order_by(Grant.expires_at.desc())
+        .limit(1)
+    )

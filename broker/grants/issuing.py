@@ -9,10 +9,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
+from broker import ratelimit
 from broker.audit import EventContext, NewEvent
 from broker.errors import (
     AuditUnavailable,
@@ -38,13 +41,13 @@ from broker.grants.types import (
     main_reason,
 )
 from broker.models import (
-    Grant,
     GrantStatus,
     IssuedSession,
     Revocation,
     RevocationStatus,
 )
 from broker.policy import Verdict
+from broker.ratelimit import RateLimit
 from broker.sts import (
     AssumeRequest,
     AwsOutcomeUnknown,
@@ -63,6 +66,7 @@ class _Attempt:
 
     request: AssumeRequest
     grant_id: str
+    grant_role_arn: str
     principal_id: str
     entitlement_id: str
     standby_id: str
@@ -70,7 +74,13 @@ class _Attempt:
 
 
 class IssuingMixin(GrantCore):
-    """Issuing credentials: decide and audit first, then AssumeRole, then record the session."""
+    """Issuing credentials: decide and audit first, then AssumeRole, then record the session.
+
+    Two transactions per issuance, both short and with no network call inside: one before
+    AssumeRole (rate limit, grant, standby deny, ``credentials.issue``) and one after (session
+    row, ``credentials.issued``). The policy decision and the role's session limit (IAM, cached)
+    are worked out before the first.
+    """
 
     def issue(
         self,
@@ -80,9 +90,13 @@ class IssuingMixin(GrantCore):
         duration: timedelta | None,
         meta: RequestMeta,
         reason: str | None = None,
+        limit: RateLimit | None = None,
     ) -> Issued:
-        """Issue credentials under the caller's active grant (creating one if auto-approved)."""
-        attempt = self._prepare_issue(caller, entitlement_id, duration, reason, meta)
+        """Issue credentials under the caller's active grant (creating one if auto-approved).
+
+        ``limit`` is counted in the first transaction; past it, RateLimited and nothing done.
+        """
+        attempt = self._prepare_issue(caller, entitlement_id, duration, reason, meta, limit)
         request = attempt.request
         try:
             credentials = self.issuer.assume(request)
@@ -105,9 +119,11 @@ class IssuingMixin(GrantCore):
         duration: timedelta | None,
         reason: str | None,
         meta: RequestMeta,
+        limit: RateLimit | None,
     ) -> _Attempt:
-        with self._denials_audited(caller, meta, "credentials.issue", entitlement_id):
-            return self._prepare_issue_tx(caller, entitlement_id, duration, reason, meta)
+        audited = self._denials_audited(caller, meta, "credentials.issue", entitlement_id, limit)
+        with audited:
+            return self._prepare_issue_tx(caller, entitlement_id, duration, reason, meta, limit)
 
     def _prepare_issue_tx(
         self,
@@ -116,15 +132,22 @@ class IssuingMixin(GrantCore):
         duration: timedelta | None,
         reason: str | None,
         meta: RequestMeta,
+        limit: RateLimit | None,
     ) -> _Attempt:
         now = self.clock()
         ectx = self._ectx(caller.email, meta)
+        # Outside the transaction: the decision is pure, and the role's limit may ask IAM.
+        decision = self.policy.evaluator.decide(caller.person, entitlement_id, self._ctx(meta))
+        if decision.verdict is Verdict.DENY:
+            raise PolicyDenied(main_reason(decision))
+        entitlement = decision.entitlement
+        if entitlement is None:  # an allowed decision always names its entitlement
+            raise PolicyDenied(main_reason(decision))
+        role_max = self.role_limits.max_session_duration(entitlement.role_arn)
         with self._tx() as session:
+            # The grant query joins the principal, so the check below asks nothing more.
+            grant = self._active_grant(session, caller.principal_id, entitlement_id, now)
             principal = self._live_principal(session, caller)
-            decision = self.policy.evaluator.decide(caller.person, entitlement_id, self._ctx(meta))
-            if decision.verdict is Verdict.DENY:
-                raise PolicyDenied(main_reason(decision))
-            grant = self._active_grant(session, principal.id, entitlement_id, now)
             if grant is None:
                 if decision.verdict is Verdict.APPROVAL:
                     raise ApprovalRequired(
@@ -140,13 +163,10 @@ class IssuingMixin(GrantCore):
                     if exc.grant.status != GrantStatus.ACTIVE:
                         raise
                     grant = exc.grant
-            entitlement = decision.entitlement
-            if entitlement is None:  # an allowed decision always names its entitlement
-                raise PolicyDenied(main_reason(decision))
             seconds = clamp_duration(
                 requested=int(duration.total_seconds()) if duration else None,
                 entitlement_max=int(decision.max_duration.total_seconds()),
-                role_max=self.role_limits.max_session_duration(entitlement.role_arn),
+                role_max=role_max,
                 grant_expires_at=grant.expires_at,
                 valid_until=caller.person.valid_until,
                 now=now,
@@ -167,6 +187,10 @@ class IssuingMixin(GrantCore):
             self.issuer.check(request)
             standby = standby_deny(request, grant_id=grant.id, principal_id=principal.id, now=now)
             session.add(standby)
+            if limit is not None:
+                # Last but the audit event: the person's counter row stays locked until the
+                # commit, so concurrent issuances of one person queue here only briefly.
+                ratelimit.check(session, limit)
             self._record(
                 session,
                 ectx,
@@ -184,7 +208,9 @@ class IssuingMixin(GrantCore):
                     },
                 ),
             )
-            return _Attempt(request, grant.id, principal.id, entitlement_id, standby.id, ectx)
+            return _Attempt(
+                request, grant.id, grant.role_arn, principal.id, entitlement_id, standby.id, ectx
+            )
 
     def _record_issue(
         self,
@@ -196,10 +222,10 @@ class IssuingMixin(GrantCore):
         """Record the session and retire its standby deny; withhold what cannot be recorded."""
         try:
             with self._tx() as session:
+                if self._retire_standby(session, attempt.standby_id):
+                    return self._record_session(session, caller, attempt, credentials, meta)
                 standby = self._standby(session, attempt.standby_id)
-                if standby is None or standby.status == RevocationStatus.STANDBY:
-                    if standby is not None:
-                        session.delete(standby)
+                if standby is None:  # never expected: nothing could have armed it
                     return self._record_session(session, caller, attempt, credentials, meta)
                 # The scheduler gave this issuance up and armed its deny: the session is denied,
                 # so its credentials are useless; make sure the deny outlives them.
@@ -233,7 +259,7 @@ class IssuingMixin(GrantCore):
         row = IssuedSession(
             grant_id=grant_id,
             principal_id=caller.principal_id,
-            role_arn=_role_arn(credentials.assumed_role_arn, session, grant_id),
+            role_arn=attempt.grant_role_arn,
             role_session_name=credentials.role_session_name,
             source_identity=credentials.source_identity,
             access_key_id=credentials.access_key_id,
@@ -368,7 +394,22 @@ class IssuingMixin(GrantCore):
     def _standby(session: Session, standby_id: str) -> Revocation | None:
         return session.get(Revocation, standby_id, with_for_update=True, populate_existing=True)
 
+    @staticmethod
+    def _retire_standby(session: Session, standby_id: str) -> bool:
+        """Delete the standby deny if it is still in standby (one statement); True if deleted.
 
-def _role_arn(assumed_role_arn: str, session: Session, grant_id: str) -> str:
-    grant = session.get(Grant, grant_id)
-    return grant.role_arn if grant is not None else assumed_role_arn
+        False means the scheduler armed it meanwhile (or it is gone): the caller looks closer.
+        """
+        deleted = session.execute(_retire_standby_statement(), {"id": standby_id}).first()
+        return deleted is not None
+
+
+@cache
+def _retire_standby_statement() -> Any:
+    """Delete a standby deny still in standby, saying whether it did (built once)."""
+    return (
+        delete(Revocation)
+        .where(Revocation.id == bindparam("id"), Revocation.status == RevocationStatus.STANDBY)
+        .returning(Revocation.id)
+        .execution_options(synchronize_session=False)
+    )

@@ -93,11 +93,15 @@ class GrantService(IssuingMixin, EndingMixin):
             principal = session.get(Principal, principal_id)
             if principal is None:
                 raise Unauthenticated("This sign-in belongs to nobody the broker knows.")
-            amr = auth.get("amr") or []
-            acr = auth.get("acr")
-            return self._caller(
-                principal, tuple(str(a) for a in amr), str(acr) if acr is not None else None
-            )
+            return self.caller_of(principal, auth)
+
+    def caller_of(self, principal: Principal, auth: Mapping[str, Any]) -> Caller:
+        """:meth:`caller_for` for a principal row the caller has already read."""
+        amr = auth.get("amr") or []
+        acr = auth.get("acr")
+        return self._caller(
+            principal, tuple(str(a) for a in amr), str(acr) if acr is not None else None
+        )
 
     def _caller(self, principal: Principal, amr: tuple[str, ...], acr: str | None) -> Caller:
         """Refuse a cut-off person or stale claims; else the person as the policy sees them."""

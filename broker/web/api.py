@@ -21,7 +21,7 @@ from broker.policy import (
 from broker.services import grant_service
 from broker.web.authn import authenticate, request_meta
 from broker.web.openapi import OPENAPI
-from broker.web.security import limit_issue
+from broker.web.security import issue_limit
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -231,7 +231,6 @@ def decide(grant_id: str, action: str) -> Response:
 def credentials() -> tuple[Response, int]:
     """Issue credentials for an entitlement; shown once, never stored."""
     service, caller = _service_and_caller()
-    limit_issue(caller.principal_id)
     body: CredentialsBody = _body(CredentialsBody)
     issued = service.issue(
         caller,
@@ -239,6 +238,7 @@ def credentials() -> tuple[Response, int]:
         duration=_to_delta(body.duration) if body.duration is not None else None,
         reason=body.reason,
         meta=request_meta(),
+        limit=issue_limit(caller.principal_id),
     )
     creds = issued.credentials
     response = jsonify(

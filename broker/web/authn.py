@@ -57,10 +57,25 @@ def authenticate(service: GrantService) -> Caller:
 
 
 def _caller_from_broker_token(service: GrantService, value: str) -> Caller:
-    with get_database().session() as session:
-        row, principal = tokens.authenticate(session, value, now=utcnow())
+    """Token and person in one read (no write lock, no commit to wait for); the token's
+    `last_used_at` is written apart, once every few minutes."""
+    now = utcnow()
+    database = get_database()
+    caller: Caller | None = None
+    with database.read_session() as session:
+        row, principal = tokens.authenticate(session, value, now=now, touch=False)
         g.token_id = row.id
         principal_id, auth = principal.id, auth_context(row.claims or {})
+        try:
+            caller = service.caller_of(principal, auth)
+        except StaleClaims:
+            caller = None  # asked again below, after the provider is asked about them
+        touch = tokens.needs_touch(row, now)
+    if touch:
+        with database.session() as session:
+            tokens.touch(session, row.id, now=now)
+    if caller is not None:
+        return caller
     return caller_for(service, principal_id, auth, request_meta())
 
 

@@ -4,24 +4,24 @@
   `nosniff`, `Referrer-Policy: no-referrer`, and HSTS when served over https.
 - Every POST outside `/api/` and `/oauth/` (bearer-token surfaces, not cookie ones) must carry
   the session's CSRF token, and must not come from another site (Origin / Sec-Fetch-Site).
-- Rate limits are fixed windows counted in the database, so they hold across every worker.
+- Rate limits are fixed windows counted in the database, so they hold across every worker
+  (:mod:`broker.ratelimit`); issuance counts its limit inside its own transaction.
 - `next=` is accepted only as a same-origin relative path.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, request
-from sqlalchemy import case
-from sqlalchemy.dialects import postgresql, sqlite
 
+from broker import ratelimit
 from broker.auth.websession import csrf_valid, is_https, setting
 from broker.db import get_database
-from broker.errors import BadRequest, Forbidden, TooManyRequests
-from broker.models import RateLimitBucket
+from broker.errors import BadRequest, Forbidden
+from broker.ratelimit import RateLimit
+from broker.ratelimit import RateLimited as RateLimited  # raised here, caught by callers
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -111,37 +111,10 @@ def _cross_site() -> bool:
 
 
 def rate_limit(key: str, *, limit: int, window_seconds: int = 60) -> None:
-    """Count one hit for `key` in the current fixed window; TooManyRequests past `limit`."""
-    now = datetime.now(UTC)
-    start = datetime.fromtimestamp(int(now.timestamp()) // window_seconds * window_seconds, tz=UTC)
-    database = get_database()
-    insert = postgresql.insert if database.dialect == "postgresql" else sqlite.insert
-    table = RateLimitBucket.__table__.c
-    new_row = insert(RateLimitBucket).values(key=key[:255], window_start=start, count=1)
-    same_window = table.window_start == new_row.excluded.window_start
-    stmt = new_row.on_conflict_do_update(
-        index_elements=[table.key],
-        set_={
-            "count": case((same_window, table.count + 1), else_=1),
-            "window_start": new_row.excluded.window_start,
-        },
-    ).returning(table.count)
-    with database.session() as session:
-        count = int(session.execute(stmt).scalar_one())
-    if count > limit:
-        retry = window_seconds - int(now.timestamp()) % window_seconds
-        raise RateLimited(retry)
-
-
-class RateLimited(TooManyRequests):
-    """Too many attempts in the current window."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            "Too many attempts in a short time, so the broker is pausing this for a moment.",
-            hint=f"Wait {retry_after} seconds and try again.",
-        )
-        self.retry_after = retry_after
+    """Count one hit for `key` in the current window (a transaction of its own); RateLimited
+    past `limit`."""
+    with get_database().session() as session:
+        ratelimit.check(session, RateLimit(key, limit, window_seconds))
 
 
 def limit_sign_in() -> None:
@@ -149,9 +122,16 @@ def limit_sign_in() -> None:
     rate_limit(f"signin:{request.remote_addr}", limit=int(setting("RATE_LIMIT_SIGNIN_PER_MINUTE")))
 
 
+def issue_limit(principal_id: str) -> RateLimit:
+    """The per-person limit on credential issuance (counted inside the issuance's transaction
+    by :meth:`GrantService.issue`)."""
+    return RateLimit(f"issue:{principal_id}", int(setting("RATE_LIMIT_ISSUE_PER_MINUTE")))
+
+
 def limit_issue(principal_id: str) -> None:
-    """Rate-limit credential issuance per person."""
-    rate_limit(f"issue:{principal_id}", limit=int(setting("RATE_LIMIT_ISSUE_PER_MINUTE")))
+    """Rate-limit credential issuance per person, in a transaction of its own."""
+    limit = issue_limit(principal_id)
+    rate_limit(limit.key, limit=limit.limit, window_seconds=limit.window_seconds)
 
 
 # -- next= --------------------------------------------------------------------------------------
