@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Exists, Select, exists, func, select
 from sqlalchemy.orm import Session
 
 from broker.audit import NewEvent
@@ -28,6 +28,7 @@ from broker.models import (
     RevocationStatus,
     new_id,
 )
+from broker.wakeup import notify
 
 
 class EndingMixin(GrantCore):
@@ -95,33 +96,30 @@ class EndingMixin(GrantCore):
         anything a crash or a manual database change left behind, and arms the deny of every
         issuance that never finished (see :mod:`broker.grants.lost`). Returns the new or armed
         revocation ids. On PostgreSQL one scheduler reconciles at a time (advisory lock).
+
+        The uncovered sessions are found by the database in one anti-join (:func:`_uncovered`),
+        first in a read-only transaction (on SQLite it takes no write lock), so a backlog where
+        every session is covered costs the same two queries whatever its size, and the work in
+        Python is proportional to what is found.
         """
         now = self.clock()
+        with self.db.read_session() as session:
+            if not session.execute(_uncovered(now).limit(1)).first() and not session.scalar(
+                _abandoned(now).with_only_columns(Revocation.id).limit(1)
+            ):
+                return []
         queued: list[str] = []
         with self._tx() as session:
             if not try_xact_lock(session, "broker:reconcile"):
                 return []
             queued.extend(self._arm_abandoned(session, now))
-            rows = session.execute(
-                select(IssuedSession, Grant)
-                .join(Grant, Grant.id == IssuedSession.grant_id)
-                .where(IssuedSession.expires_at > now, Grant.status != GrantStatus.ACTIVE)
-            ).all()
-            if not rows:
+            counts: dict[str, int] = {gid: int(n) for gid, n in session.execute(_uncovered(now))}
+            if not counts:
                 return queued
-            roles = {s.role_arn for s, _ in rows}
-            live = session.scalars(
-                select(Revocation).where(
-                    Revocation.role_arn.in_(roles),
-                    Revocation.status.in_((RevocationStatus.PENDING, RevocationStatus.APPLIED)),
-                )
+            grants = session.scalars(
+                select(Grant).where(Grant.id.in_(list(counts))).order_by(Grant.id)
             ).all()
-            uncovered: dict[str, tuple[Grant, int]] = {}
-            for sess, grant in rows:
-                if not any(_covers(r, sess) for r in live):
-                    count = uncovered.get(grant.id, (grant, 0))[1]
-                    uncovered[grant.id] = (grant, count + 1)
-            for grant, sessions in uncovered.values():
+            for grant in grants:
                 revocations = self._grant_revocations(session, grant, cutoff=now)
                 queued.extend(r.id for r in revocations)
                 self._record(
@@ -131,8 +129,8 @@ class EndingMixin(GrantCore):
                         "revocation.queued",
                         target=grant.role_arn,
                         decision="revoke",
-                        reason=f"reconcile: {sessions} live session(s) of {grant.status} grant "
-                        "had no deny",
+                        reason=f"reconcile: {counts[grant.id]} live session(s) of {grant.status} "
+                        "grant had no deny",
                         details={
                             "grant_id": grant.id,
                             "person": grant.principal.email,
@@ -144,15 +142,7 @@ class EndingMixin(GrantCore):
 
     def _arm_abandoned(self, session: Session, now: datetime, *, limit: int = 500) -> list[str]:
         """Arm the standby deny of every issuance that neither recorded nor armed it in time."""
-        query = (
-            select(Revocation)
-            .where(
-                Revocation.status == RevocationStatus.STANDBY,
-                Revocation.created_at <= now - IN_FLIGHT_MAX,
-            )
-            .order_by(Revocation.created_at)
-            .limit(limit)
-        )
+        query = _abandoned(now).order_by(Revocation.created_at).limit(limit)
         if self.db.dialect == "postgresql":  # an issuance still recording holds its row
             query = query.with_for_update(skip_locked=True)
         armed: list[str] = []
@@ -272,6 +262,7 @@ class EndingMixin(GrantCore):
             created_at=cutoff,
         )
         session.add(revocation)  # its id is set above: no flush needed, the commit batches
+        notify(session)  # the schedulers put it in place as soon as this commits
         return [revocation]
 
     def _person_revocations(
@@ -283,6 +274,8 @@ class EndingMixin(GrantCore):
             .where(IssuedSession.principal_id == principal.id, IssuedSession.expires_at > cutoff)
             .group_by(IssuedSession.role_arn)
         ).all()
+        if rows:
+            notify(session)
         for role_arn, last_expiry in rows:
             session.add(
                 Revocation(
@@ -350,14 +343,45 @@ def _skip_locked(query: Any, database: Database) -> Any:
     return query  # SQLite: BEGIN IMMEDIATE already makes this transaction the only writer
 
 
-def _covers(revocation: Revocation, session: IssuedSession) -> bool:
-    """Whether a live revocation row denies this session until it expires."""
-    if revocation.drop_after < session.expires_at:
-        return False
-    if revocation.scope == "grant":
-        return revocation.grant_id == session.grant_id
-    if revocation.scope == "session":
-        return revocation.role_session_name == session.role_session_name
-    if revocation.scope == "person" and revocation.source_identity != session.source_identity:
-        return False
-    return revocation.cutoff >= session.issued_at
+def _abandoned(now: datetime) -> Select[Revocation]:
+    """Standby denies whose issuance neither recorded nor armed them in time."""
+    return select(Revocation).where(
+        Revocation.status == RevocationStatus.STANDBY,
+        Revocation.created_at <= now - IN_FLIGHT_MAX,
+    )
+
+
+def _uncovered(now: datetime) -> Select[str, int]:
+    """Live sessions of grants no longer active that no live deny covers, counted per grant.
+
+    A deny covers a session on its role until the session expires (``drop_after``), when it
+    names the session's grant, the session itself, its person with a cutoff at or after the
+    session was issued, or everyone on the role with such a cutoff.
+    """
+    s, r = IssuedSession, Revocation
+
+    def covered(target: ColumnElement[bool]) -> Exists:
+        return exists().where(
+            r.role_arn == s.role_arn,
+            r.status.in_((RevocationStatus.PENDING, RevocationStatus.APPLIED)),
+            r.drop_after >= s.expires_at,
+            target,
+        )
+
+    return (
+        select(s.grant_id, func.count())
+        .join(Grant, Grant.id == s.grant_id)
+        .where(
+            s.expires_at > now,
+            Grant.status != GrantStatus.ACTIVE,
+            ~covered((r.scope == "grant") & (r.grant_id == s.grant_id)),
+            ~covered((r.scope == "session") & (r.role_session_name == s.role_session_name)),
+            ~covered(
+                (r.scope == "person")
+                & (r.source_identity == s.source_identity)
+                & (r.cutoff >= s.issued_at)
+            ),
+            ~covered((r.scope == "role") & (r.cutoff >= s.issued_at)),
+        )
+        .group_by(s.grant_id)
+    )

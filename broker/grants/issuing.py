@@ -56,6 +56,7 @@ from broker.sts import (
     clamp_duration,
     role_session_name,
 )
+from broker.wakeup import notify
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ class IssuingMixin(GrantCore):
                 # The scheduler gave this issuance up and armed its deny: the session is denied,
                 # so its credentials are useless; make sure the deny outlives them.
                 arm(standby, self.clock(), expires_at=credentials.expiration)
+                notify(session)
                 reason = (
                     f"AWS answered after the broker had given this issuance up (over "
                     f"{IN_FLIGHT_MAX}); the credentials were withheld and the session stays denied"
@@ -363,6 +365,7 @@ class IssuingMixin(GrantCore):
             )
             session.add(row)
         arm(row, now, expires_at=expires_at)
+        notify(session)  # the deny of a session AWS may have made goes out at once
         self._record(session, attempt.ectx, lost_session_event(action, row, reason))
 
     def _issue_failed(self, attempt: _Attempt, exc: BrokerError) -> None:

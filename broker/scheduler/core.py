@@ -8,6 +8,11 @@ The database, never the timers, decides what is due: a job only triggers an *exp
 a *revocation pass* (:mod:`broker.scheduler.revocations`). Lost timers (a crash, a restart) cost
 nothing: the first sweep after start handles everything that came due meanwhile.
 
+A revocation queued elsewhere (a revoke or cut-off in the web app or the API) wakes the
+revocation pass at once (:mod:`broker.wakeup`: PostgreSQL ``NOTIFY``, or a short poll on
+SQLite) instead of waiting for the next sweep. Reconcile runs as a job of its own, so however
+long it takes it never delays a revocation pass.
+
 One process or many: on PostgreSQL rows are claimed with ``SKIP LOCKED`` and per-role work with
 advisory locks, so each grant is expired, revoked and audited once whatever the number of
 schedulers; on SQLite a lease makes a second scheduler refuse to start (:mod:`.lease`).
@@ -52,6 +57,7 @@ from broker.revocation import RoleRevoker
 from broker.scheduler.lease import Lease
 from broker.scheduler.revocations import PassResult, RevocationApplier
 from broker.services import services
+from broker.wakeup import Listener
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +155,8 @@ class Scheduler:
         self._timers: dict[str, datetime] = {}
         self._timers_lock = threading.Lock()
         self._aps: BackgroundScheduler | None = None
+        # A revoke or cut-off committed anywhere wakes the revocation pass (NOTIFY or a poll).
+        self.listener = Listener(self.db, self._on_wakeup, clock=clock)
         self._metrics_server: Any = None
         self.stopped = threading.Event()
         self._stopping = threading.Event()
@@ -207,7 +215,15 @@ class Scheduler:
                 lock.release()
 
     def sweep(self) -> SweepResult:
-        """Everything periodic: expire, contractors, lapse, reconcile, timers, revoke."""
+        """Everything periodic at once: expire, contractors, lapse, reconcile, timers, revoke.
+
+        The running scheduler does the same work as separate jobs (see :meth:`start`): the
+        sweep without reconcile, reconcile on its own thread, and the revocation pass also on
+        every wake-up, so a slow step never holds up a revocation.
+        """
+        return self._sweep(reconcile=True)
+
+    def _sweep(self, *, reconcile: bool) -> SweepResult:
         result = SweepResult()
         result.expired = self.expire_due()
         service = self.grants()
@@ -217,10 +233,22 @@ class Scheduler:
         result.lapsed = _drain(
             lambda: service.lapse_pending(self.pending_ttl, limit=self.batch), self.batch
         )
-        result.reconciled = service.reconcile()
+        if reconcile:
+            result.reconciled = service.reconcile()
         result.scheduled = self.schedule_upcoming()
         result.revocations = self.revoke()
         return result
+
+    def reconcile(self) -> list[str]:
+        """Queue denies for uncovered live sessions; put them in place at once if any."""
+        queued = self.grants().reconcile()
+        if queued:
+            self.wake()
+        return queued
+
+    def wake(self) -> None:
+        """Run a revocation pass now (or make the running one go round again)."""
+        self._coalesced(self._revoke_gate, self._revoke_dirty, self.revoke)
 
     def checkpoint(self) -> bool:
         """Sign the audit chain head (one scheduler at a time); True when a checkpoint was added."""
@@ -286,10 +314,17 @@ class Scheduler:
         self._aps = aps
         now = datetime.now(UTC)
         aps.add_job(
-            self._job("sweep", self.sweep),
+            self._job("sweep", lambda: self._sweep(reconcile=False)),
             "interval",
             seconds=self.sweep_seconds,
             id="sweep",
+            next_run_time=now,
+        )
+        aps.add_job(
+            self._job("reconcile", self.reconcile),
+            "interval",
+            seconds=self.sweep_seconds,
+            id="reconcile",
             next_run_time=now,
         )
         aps.add_job(
@@ -316,6 +351,7 @@ class Scheduler:
                 self.metrics_port, addr=self.metrics_address, registry=self.registry
             )
         aps.start()
+        self.listener.start()
         log.info(
             "scheduler started (%s, holder %s, sweep every %s s)",
             self.db.dialect,
@@ -329,6 +365,7 @@ class Scheduler:
         if aps is None:
             return
         self._stopping.set()  # timers already handed to the pool return at once
+        self.listener.stop()
         aps.remove_all_jobs()
         aps.shutdown(wait=True)
         if self._metrics_server is not None:
@@ -362,7 +399,11 @@ class Scheduler:
             self._expiry_gate, self._expiry_dirty, lambda: ended.extend(self.expire_due())
         )
         if ended:
-            self._coalesced(self._revoke_gate, self._revoke_dirty, self.revoke)
+            self.wake()
+
+    def _on_wakeup(self) -> None:
+        if not self._stopping.is_set():
+            self._job("wakeup", self.wake)()
 
     def _heartbeat(self) -> None:
         if not self.lease.renew():
