@@ -22,14 +22,18 @@ Every process watches the directory itself, so the workers agree within
 
 Job runs and failures of a scheduler process are process-local counters, served by the
 scheduler itself on ``SCHEDULER_METRICS_PORT`` (see :mod:`broker.scheduler.core`): counting
-them here would mean writing an audit event per job run. The audit counts are ``COUNT(*)``
-queries over indexed columns (``action``); ``decision`` is not indexed, so denials cost a scan
-of the audit table per scrape: keep the scrape interval at 15 s or more on very large trails.
+them here would mean writing an audit event per job run.
+
+The audit counts are kept as running totals (:class:`AuditTally`): a scrape reads only the
+events appended since the previous scrape (by ``seq``, the primary key), so its cost does not
+grow with the trail. A process counts the whole trail once, at its first scrape.
 """
 
 from __future__ import annotations
 
 import hmac
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
@@ -42,12 +46,15 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from broker.activity.metrics import ActivityCollector
+from broker.audit.chain import HEAD_ID
 from broker.db import Database, get_database
 from broker.errors import Unauthenticated
 from broker.models import (
     AuditEvent,
+    AuditHead,
     Grant,
     Revocation,
     RevocationStatus,
@@ -64,12 +71,42 @@ RELOAD_OUTCOMES = {"policy.reload": "in_force", "policy.reload_refused": "refuse
 """Audit action of a policy reload → the ``outcome`` label of its counter."""
 
 
+class AuditTally:
+    """Audit events counted by action and decision, brought up to date one scrape at a time.
+
+    Events are appended under the chain-head lock, which is held until commit, so once event
+    ``n`` is visible every event before it is too: counting ``seq > through`` never misses one.
+    """
+
+    def __init__(self) -> None:
+        self.through = 0
+        self.counts: Counter[tuple[str, str | None]] = Counter()
+        self._lock = threading.Lock()
+
+    def refresh(self, session: Session) -> Counter[tuple[str, str | None]]:
+        """Count the events appended since the last refresh; the totals."""
+        with self._lock:
+            head = session.scalar(select(AuditHead.seq).where(AuditHead.id == HEAD_ID)) or 0
+            if head < self.through:  # a different trail (restored database): start over
+                self.through, self.counts = 0, Counter()
+            if head > self.through:
+                for action, decision, count in session.execute(
+                    select(AuditEvent.action, AuditEvent.decision, func.count())
+                    .where(AuditEvent.seq > self.through, AuditEvent.seq <= head)
+                    .group_by(AuditEvent.action, AuditEvent.decision)
+                ):
+                    self.counts[(action, decision)] += int(count)
+                self.through = head
+            return Counter(self.counts)
+
+
 class DatabaseCollector:
-    """A Prometheus collector whose every sample is a database query at scrape time."""
+    """A Prometheus collector whose every sample is read from the database at scrape time."""
 
     def __init__(self, database: Database, clock: Callable[[], datetime] = utcnow) -> None:
         self.db = database
         self.clock = clock
+        self.tally = AuditTally()
 
     def describe(self) -> list[Metric]:
         """No up-front description: samples are only known at scrape time."""
@@ -78,16 +115,8 @@ class DatabaseCollector:
     def collect(self) -> Iterator[Metric]:
         """Query the database and yield every metric."""
         now = self.clock()
-        with self.db.session() as s:
-            issued = s.scalar(select(func.count()).where(AuditEvent.action == "credentials.issued"))
-            denials = s.execute(
-                select(AuditEvent.action, func.count())
-                .where(AuditEvent.decision == "deny")
-                .group_by(AuditEvent.action)
-            ).all()
-            failures = s.scalar(
-                select(func.count()).where(AuditEvent.action == "revocation.failed")
-            )
+        with self.db.read_session() as s:
+            audit = self.tally.refresh(s)
             grants = s.execute(select(Grant.status, func.count()).group_by(Grant.status)).all()
             revocations = s.execute(
                 select(Revocation.status, func.count()).group_by(Revocation.status)
@@ -103,21 +132,26 @@ class DatabaseCollector:
                 )
             ).all()
             leases = s.execute(select(SchedulerLease.holder, SchedulerLease.heartbeat_at)).all()
-            reloads = s.execute(
-                select(AuditEvent.action, func.count())
-                .where(AuditEvent.action.in_(list(RELOAD_OUTCOMES)))
-                .group_by(AuditEvent.action)
-            ).all()
+        by_action: Counter[str] = Counter()
+        denials: Counter[str] = Counter()
+        for (action, decision), count in audit.items():
+            by_action[action] += count
+            if decision == "deny":
+                denials[action] += count
 
-        yield _counter("broker_credentials_issued", "Credentials issued.", int(issued or 0))
+        yield _counter(
+            "broker_credentials_issued", "Credentials issued.", by_action["credentials.issued"]
+        )
         denied = CounterMetricFamily(
             "broker_denials", "Requests refused (audit decision deny).", labels=["action"]
         )
-        for action, count in denials:
+        for action, count in sorted(denials.items()):
             denied.add_metric([action], count)
         yield denied
         yield _counter(
-            "broker_revocation_failures", "Failed revocation attempts.", int(failures or 0)
+            "broker_revocation_failures",
+            "Failed revocation attempts.",
+            by_action["revocation.failed"],
         )
         by_status = GaugeMetricFamily("broker_grants", "Grants by status.", labels=["status"])
         for status, count in grants:
@@ -158,9 +192,8 @@ class DatabaseCollector:
             "Policy reloads by all processes: new files put in force, or refused.",
             labels=["outcome"],
         )
-        counted = dict(reloads)
         for action, outcome in RELOAD_OUTCOMES.items():
-            outcomes.add_metric([outcome], counted.get(action, 0))
+            outcomes.add_metric([outcome], by_action[action])
         yield outcomes
 
 
