@@ -34,9 +34,10 @@ def test_api_revoke_reaches_aws_without_waiting_for_a_sweep(bed: Bed) -> None:
                 issued["source_identity"]
                 in str(role_policies(iam, bed.roles["read"]).get(POLICY_NAME, ""))
             ),
-            timeout=5,
+            timeout=30,
         )
-        assert time.monotonic() - started < 5
+        # Far below the 300 s sweep: the revoke woke the scheduler (30 s of slack for a loaded CI).
+        assert time.monotonic() - started < 30
     finally:
         scheduler.stop()
     with get_database(bed.app).session() as session:
