@@ -10,34 +10,46 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from broker.audit.body import (
+    CHAINED_FIELDS,
+    GENESIS,
+    body_text,
+    format_ts,
+    hash_body,
+    row_body_text,
+    stored_ts_text,
+    ts_text,
+)
+from broker.audit.rows import bodies, stored_details, stored_row
 from broker.canonical import canonical_json
 from broker.errors import AuditUnavailable
 from broker.models import AuditCheckpoint, AuditEvent, AuditHead, utcnow
 
-GENESIS = "0" * 64
+__all__ = [
+    "CHAINED_FIELDS",
+    "GENESIS",
+    "HEAD_ID",
+    "AuditLog",
+    "Break",
+    "EventContext",
+    "NewEvent",
+    "VerifyResult",
+    "chain_hash",
+    "event_body",
+    "format_ts",
+    "verify_database",
+    "verify_events",
+]
+
 HEAD_ID = 1
-CHAINED_FIELDS = (
-    "seq",
-    "ts",
-    "actor",
-    "action",
-    "target",
-    "decision",
-    "reason",
-    "ip",
-    "user_agent",
-    "client",
-    "policy_version",
-    "details",
-)
 # Defence in depth: a detail key that looks like a secret is refused outright.
 _SECRET_KEY = re.compile(r"secret|session_?token|password|private_?key", re.IGNORECASE)
 
@@ -64,11 +76,6 @@ class NewEvent:
     details: Mapping[str, Any] = field(default_factory=dict)
 
 
-def format_ts(ts: datetime) -> str:
-    """The canonical text form of an event time: UTC, microseconds, `Z`."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def event_body(event: AuditEvent) -> dict[str, Any]:
     """The chained fields of an event, as they are hashed and exported."""
     body: dict[str, Any] = {name: getattr(event, name) for name in CHAINED_FIELDS}
@@ -84,7 +91,9 @@ def chain_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _check_details(details: Mapping[str, Any]) -> dict[str, Any]:
+def _check_details(details: Mapping[str, Any]) -> str:
+    """The details as canonical JSON text, after refusing secret-looking keys and floats."""
+
     def walk(value: Any, path: str) -> None:
         if isinstance(value, Mapping):
             for key, inner in value.items():
@@ -98,8 +107,7 @@ def _check_details(details: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"audit detail {path} is a float; use int or str for stable hashing")
 
     walk(details, "")
-    result: dict[str, Any] = json.loads(canonical_json(details))
-    return result
+    return canonical_json(details)
 
 
 class AuditLog:
@@ -109,32 +117,56 @@ class AuditLog:
         self.clock = clock
 
     def append(self, session: Session, context: EventContext, event: NewEvent) -> AuditEvent:
-        """Lock the head, link a new event after it, and move the head. The caller commits."""
+        """Lock the head, link a new event after it, and move the head. The caller commits.
+
+        Everything that does not need the head (checking and serializing the details) happens
+        before the head is locked; the body is hashed from its text (:mod:`.body`), which is
+        what ``canonical_json`` of the chained fields would give.
+        """
+        details = _check_details(event.details)
+        ts = self.clock()
+        user_agent = (context.user_agent or None) and context.user_agent[:512]
         head = _locked_head(session)
+        seq = head.seq + 1
+        body = body_text(
+            seq,
+            ts_text(ts),
+            context.actor,
+            event.action,
+            event.target,
+            event.decision,
+            event.reason,
+            context.ip,
+            user_agent,
+            context.client,
+            context.policy_version,
+            details,
+        )
         row = AuditEvent(
-            seq=head.seq + 1,
-            ts=self.clock(),
+            seq=seq,
+            ts=ts,
             actor=context.actor,
             action=event.action,
             target=event.target,
             decision=event.decision,
             reason=event.reason,
             ip=context.ip,
-            user_agent=(context.user_agent or None) and context.user_agent[:512],
+            user_agent=user_agent,
             client=context.client,
             policy_version=context.policy_version,
-            details=_check_details(event.details),
+            details=json.loads(details),
             prev_hash=head.hash,
-            hash="",
+            hash=hash_body(head.hash, body),
         )
-        row.hash = chain_hash(head.hash, event_body(row))
         session.add(row)
-        head.seq = row.seq
+        head.seq = seq
         head.hash = row.hash
         return row
 
 
 _HEAD_KEY = "broker.audit.head"
+# Built once: every append in every transaction runs it.
+_HEAD_FOR_UPDATE = select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
 
 
 def _locked_head(session: Session) -> AuditHead:
@@ -149,9 +181,7 @@ def _locked_head(session: Session) -> AuditHead:
     if cached is not None and transaction is not None and cached[0] is transaction:
         head: AuditHead = cached[1]
         return head
-    found = session.execute(
-        select(AuditHead).where(AuditHead.id == HEAD_ID).with_for_update()
-    ).scalar_one_or_none()
+    found = session.execute(_HEAD_FOR_UPDATE).scalar_one_or_none()
     if found is None:
         raise AuditUnavailable(
             "The audit chain head is missing, so nothing can be recorded.",
@@ -222,12 +252,14 @@ def verify_database(
     """Verify the whole chain in the database, streaming; compare with the head and with every
     signed checkpoint (and, given `check_signature`, its signature: it returns a problem or
     None). Run it in one snapshot (`Database.snapshot_session`) so concurrent appends cannot
-    look like tampering."""
+    look like tampering.
+
+    Each body is hashed from the stored columns' text (:mod:`.rows`, :mod:`.body`): details
+    as stored, never parsed and serialized again. Details stored in another JSON form than
+    the canonical one are judged by their content, as an export re-encoded by another tool is.
+    """
     head = session.get(AuditHead, HEAD_ID)
-    rows = session.execute(
-        select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=1000)
-    )
-    result = verify_events(row for (row,) in rows)
+    result = _verify_stored(session)
     if not result.ok:
         return result
     if head is not None and (head.seq, head.hash) != (result.last_seq, result.last_hash):
@@ -239,6 +271,62 @@ def verify_database(
         return result
     _verify_checkpoints(session, result, check_signature)
     return result
+
+
+def _verify_stored(session: Session) -> VerifyResult:
+    """`verify_events` over the stored rows, hashing their body text
+    (:func:`broker.audit.rows.bodies`); a body that does not hash is rebuilt from its columns
+    in Python before the event is called edited."""
+    result = VerifyResult()
+    expected_seq = 1
+    prev = GENESIS
+    sha256 = hashlib.sha256
+    _, rows = bodies(session)
+    for seq, prev_hash, hash_, body in rows:
+        problem = None
+        if seq != expected_seq:
+            problem = f"expected event {expected_seq} here (missing or reordered events)"
+        elif prev_hash != prev:
+            problem = "does not link to the previous event"
+        else:
+            digest = sha256(prev.encode("ascii"))
+            digest.update(body.encode("utf-8"))
+            if digest.hexdigest() != hash_ and not _hashes_when_rebuilt(session, seq, prev):
+                problem = "content does not match its hash (edited)"
+        if problem is not None:
+            result.broken = Break(seq, problem)
+            break
+        prev = hash_
+        expected_seq += 1
+    result.checked = expected_seq - 1
+    result.last_seq = expected_seq - 1
+    result.last_hash = prev
+    return result
+
+
+def _hashes_when_rebuilt(session: Session, seq: int, prev: str) -> bool:
+    """Whether event ``seq`` hashes right with its body written in Python from its columns,
+    or, failing that, with its details in canonical form (another tool may have re-encoded
+    them: the content is what counts)."""
+    row = stored_row(session, seq)
+    if row is None:
+        return False
+    details = stored_details(row[11])
+    if hash_body(prev, row_body_text(row, details, stored_ts_text(row[1]))) == row[13]:
+        return True
+    return _same_when_canonical(prev, row, details)
+
+
+def _same_when_canonical(prev: str, row: Sequence[Any], details: str) -> bool:
+    """Whether the row hashes right once its details are written canonically."""
+    try:
+        canonical = canonical_json(json.loads(details))
+    except ValueError:
+        return False
+    if canonical == details:
+        return False
+    body = row_body_text(row, canonical, stored_ts_text(row[1]))
+    return bool(hash_body(prev, body) == row[13])
 
 
 def _verify_checkpoints(

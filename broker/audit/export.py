@@ -7,28 +7,46 @@ a filtered export proves are described in docs/audit.md; `broker.audit.verify_fi
 
 from __future__ import annotations
 
+import bisect
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from broker.audit.chain import CHAINED_FIELDS, GENESIS, format_ts
+from broker.audit.body import (
+    CHAINED_FIELDS,
+    GENESIS,
+    event_line,
+    format_ts,
+    row_body_text,
+    stored_event_lines,
+    stored_ts_text,
+    ts_text,
+)
 from broker.audit.checkpoints import checkpoint_record
 from broker.audit.ocsf import to_ocsf
+from broker.audit.rows import (
+    BATCH,
+    bodies,
+    stored_batches,
+    stored_details,
+    stored_row,
+    stored_rows,
+)
 from broker.canonical import canonical_json
 from broker.models import AuditCheckpoint, AuditEvent
 
 Format = Literal["jsonl", "csv", "ocsf"]
 FORMATS: tuple[Format, ...] = ("jsonl", "csv", "ocsf")
 EXPORT_FORMAT = "broker-audit-export/1"
-BATCH = 2000
 # A row of `_COLUMNS`, read by position on the hot path.
 EventRow = Sequence[Any]
 
@@ -46,14 +64,6 @@ CSV_COLUMNS = (
 )
 # Columns a person types into (or an IdP supplies) could start a spreadsheet formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_encode_str: Callable[[str], str] = json.encoder.encode_basestring
-# The encoder `canonical_json` builds per call, built once.
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_BODY = (
-    '{"action":%s,"actor":%s,"client":%s,"decision":%s,"details":%s,"ip":%s,'
-    '"policy_version":%s,"reason":%s,"seq":%d,"target":%s,"ts":"%s","user_agent":%s}'
-)
-
 _COLUMNS = (
     AuditEvent.seq,
     AuditEvent.ts,
@@ -159,32 +169,9 @@ def _rows(session: Session, lo: int, hi: int) -> Iterator[EventRow]:
     yield from session.connection().execute(query)
 
 
-_STORED = text(
-    "SELECT seq, ts, actor, action, target, decision, reason, ip, user_agent, client,"
-    " policy_version, CAST(details AS TEXT), prev_hash, hash FROM audit_events"
-    " WHERE seq >= :lo AND seq <= :hi ORDER BY seq"
-)
-
-
-def _stored_rows(session: Session, lo: int, hi: int) -> Iterator[EventRow]:
-    """Rows as stored, for the unfiltered export: details as their (canonical) stored text,
-    the time as the driver gives it. No type processing on the hot path."""
-    result = session.connection().execute(_STORED.bindparams(lo=lo, hi=hi))
-    while rows := result.fetchmany(BATCH):  # one driver call per batch
-        yield from rows
-
-
-def _stored_ts(value: Any) -> str:
-    if isinstance(value, str):  # SQLite keeps "YYYY-MM-DD HH:MM:SS.ffffff" (UTC)
-        return value[:10] + "T" + (value[11:] if len(value) > 19 else value[11:] + ".000000") + "Z"
-    return _ts_text(value.replace(tzinfo=UTC))  # PostgreSQL: a naive UTC datetime
-
-
 def _stored_body_json(row: EventRow) -> str:
-    """`body_json` for a `_stored_rows` row (same text: details are stored canonically)."""
-    details = row[11]
-    stored = "{}" if details is None or details == "null" else details
-    return _body_text(row, stored, _stored_ts(row[1]))
+    """`body_json` for a stored row (same text: details are stored canonically)."""
+    return row_body_text(row, stored_details(row[11]), stored_ts_text(row[1]))
 
 
 def _checkpoints(session: Session, lo: int, hi: int) -> Iterator[AuditCheckpoint]:
@@ -197,40 +184,16 @@ def _checkpoints(session: Session, lo: int, hi: int) -> Iterator[AuditCheckpoint
     yield from session.scalars(query)
 
 
-def _ts_text(ts: datetime) -> str:
-    """`format_ts`, without strftime on the hot path (same text for UTC-aware times)."""
-    if ts.tzinfo is UTC:
-        iso = ts.isoformat()
-        return (iso[:26] if ts.microsecond else iso[:19] + ".000000") + "Z"
-    return format_ts(ts)
+_ts_text = ts_text  # the name the tests pin against format_ts
 
 
 def body_json(row: EventRow) -> str:
-    """`canonical_json(event_body(event))` for a row, built directly (the export's hot path).
+    """`canonical_json(event_body(event))` for a row, built directly (see :mod:`.body`).
 
-    Keys in sorted order: action, actor, client, decision, details, ip, policy_version, reason,
-    seq, target, ts, user_agent. Tests pin this to `canonical_json(event_body(...))`.
+    Tests pin this to `canonical_json(event_body(...))`.
     """
     details = row[11]
-    return _body_text(row, _CANONICAL.encode(details) if details else "{}", _ts_text(row[1]))
-
-
-def _body_text(row: EventRow, details: str, ts: str) -> str:
-    enc = _encode_str
-    return _BODY % (
-        enc(row[3]),
-        enc(row[2]),
-        "null" if row[9] is None else enc(row[9]),
-        "null" if row[5] is None else enc(row[5]),
-        details,
-        "null" if row[7] is None else enc(row[7]),
-        "null" if row[10] is None else enc(row[10]),
-        "null" if row[6] is None else enc(row[6]),
-        row[0],
-        "null" if row[4] is None else enc(row[4]),
-        ts,
-        "null" if row[8] is None else enc(row[8]),
-    )
+    return row_body_text(row, canonical_json(details) if details else "{}", ts_text(row[1]))
 
 
 def body_dict(row: EventRow) -> dict[str, Any]:
@@ -300,6 +263,17 @@ def _matching(
         progress(read)
 
 
+@dataclass
+class _Counts:
+    """What the end record of a JSON Lines export says."""
+
+    lines: int = 1  # the header
+    events: int = 0
+    gaps: int = 0
+    checkpoints: int = 0
+    last_seq: int = 0
+
+
 def _jsonl(
     session: Session,
     flt: ExportFilter,
@@ -316,81 +290,148 @@ def _jsonl(
         "hash": "sha256(prev_hash || canonical_json(body))",
         "genesis": GENESIS,
     }
-    lines = 1
-    events = gaps = checkpoints = 0
-    out: list[str] = [json.dumps(header, sort_keys=True) + "\n"]
+    yield json.dumps(header, sort_keys=True) + "\n"
+    counts = _Counts()
     window = _window(session, flt)
-    last_seq = 0
     if window is not None:
         lo, hi = window
-        pending_cps = _checkpoints(session, lo, hi)
-        next_cp = next(pending_cps, None)
-        next_cp_seq = next_cp.seq if next_cp is not None else -1
-        gap_from: int | None = 1 if lo > 1 else None
-        gap_to, gap_hash = lo - 1, ""
-        read = 0
         everything = not (flt.selective or flt.since or flt.until)
-        rows = _stored_rows(session, lo, hi) if everything else _rows(session, lo, hi)
-        body = _stored_body_json if everything else body_json
-        for row in rows:
-            seq: int = row[0]
-            if seq == lo and gap_from is not None:
-                gap_hash = row[12]  # the omitted prefix ends where event `lo` links to
-            if everything or flt.matches(row):
-                if gap_from is not None:
-                    out.append(_gap_line(gap_from, gap_to, gap_hash))
-                    gaps += 1
-                    lines += 1
-                    gap_from = None
-                out.append(
-                    '{"type":"event","seq":' + str(seq)
-                    + ',"prev_hash":"' + row[12]
-                    + '","hash":"' + row[13]
-                    + '","body":' + body(row)
-                    + "}\n"
-                )  # fmt: skip
-                events += 1
-                lines += 1
-            else:
-                if gap_from is None:
-                    gap_from = seq
-                gap_to, gap_hash = seq, row[13]
-            # A checkpoint follows the line of its seq, so a gap is cut where one falls.
-            while next_cp_seq == seq and next_cp is not None:
-                if gap_from is not None:
-                    out.append(_gap_line(gap_from, gap_to, gap_hash))
-                    gaps += 1
-                    lines += 1
-                    gap_from = None
-                out.append(json.dumps(checkpoint_record(next_cp), sort_keys=True) + "\n")
-                checkpoints += 1
-                lines += 1
-                next_cp = next(pending_cps, None)
-                next_cp_seq = next_cp.seq if next_cp is not None else -1
-            last_seq = seq
-            read += 1
-            if read == BATCH:
-                if progress:
-                    progress(read)
-                read = 0
-                yield "".join(out)
-                out.clear()
-        if gap_from is not None:
-            out.append(_gap_line(gap_from, gap_to, gap_hash))
-            gaps += 1
-            lines += 1
-        if progress and read:
-            progress(read)
+        if everything and session.get_bind().dialect.name == "sqlite":
+            yield from _jsonl_stored(session, lo, hi, counts, progress)
+        else:
+            yield from _jsonl_events(session, flt, lo, hi, counts, progress)
     end = {
         "type": "end",
-        "last_seq": last_seq,
-        "events": events,
-        "gaps": gaps,
-        "checkpoints": checkpoints,
-        "lines": lines + 1,
+        "last_seq": counts.last_seq,
+        "events": counts.events,
+        "gaps": counts.gaps,
+        "checkpoints": counts.checkpoints,
+        "lines": counts.lines + 1,
     }
-    out.append(json.dumps(end, sort_keys=True) + "\n")
+    yield json.dumps(end, sort_keys=True) + "\n"
+
+
+def _checkpoint_line(checkpoint: AuditCheckpoint) -> str:
+    return json.dumps(checkpoint_record(checkpoint), sort_keys=True) + "\n"
+
+
+def _jsonl_stored(
+    session: Session,
+    lo: int,
+    hi: int,
+    counts: _Counts,
+    progress: Callable[[int], None] | None,
+) -> Iterator[str]:
+    """Every event of ``lo``..``hi``, as lines written a whole batch at a time (SQLite: the
+    database runs in this process, so fewer Python steps per row is what counts)."""
+    pending = _checkpoints(session, lo, hi)
+    checkpoint = next(pending, None)
+    for rows in stored_batches(session, lo, hi):
+        batch = stored_event_lines(rows, stored_details)
+        seqs = [r[0] for r in rows]
+        # A checkpoint follows the line of its seq (inserted from the back: indexes hold).
+        found: list[tuple[int, AuditCheckpoint]] = []
+        while checkpoint is not None and checkpoint.seq <= seqs[-1]:
+            found.append((bisect.bisect_right(seqs, checkpoint.seq), checkpoint))
+            checkpoint = next(pending, None)
+        for at, cp in reversed(found):
+            batch.insert(at, _checkpoint_line(cp))
+        if counts.events == 0 and lo > 1:  # the trail starts later: say where it links to
+            batch.insert(0, _gap_line(1, lo - 1, rows[0][12]))
+            counts.gaps += 1
+        counts.events += len(rows)
+        counts.checkpoints += len(found)
+        counts.lines += len(batch)
+        counts.last_seq = seqs[-1]
+        if progress:
+            progress(len(rows))
+        yield "".join(batch)
+
+
+def _jsonl_events(
+    session: Session,
+    flt: ExportFilter,
+    lo: int,
+    hi: int,
+    counts: _Counts,
+    progress: Callable[[int], None] | None,
+) -> Iterator[str]:
+    """Events of ``lo``..``hi`` one by one: the filtered export, and PostgreSQL's."""
+    out: list[str] = []
+    pending_cps = _checkpoints(session, lo, hi)
+    next_cp = next(pending_cps, None)
+    next_cp_seq = next_cp.seq if next_cp is not None else -1
+    gap_from: int | None = 1 if lo > 1 else None
+    gap_to, gap_hash = lo - 1, ""
+    read = 0
+    for seq, prev_hash, hash_, body in _events(session, flt, lo, hi):
+        if seq == lo and gap_from is not None:
+            gap_hash = prev_hash  # the omitted prefix ends where event `lo` links to
+        if body is not None:
+            if gap_from is not None:
+                out.append(_gap_line(gap_from, gap_to, gap_hash))
+                counts.gaps += 1
+                counts.lines += 1
+                gap_from = None
+            out.append(event_line(seq, prev_hash, hash_, body))
+            counts.events += 1
+            counts.lines += 1
+        else:
+            if gap_from is None:
+                gap_from = seq
+            gap_to, gap_hash = seq, hash_
+        # A checkpoint follows the line of its seq, so a gap is cut where one falls.
+        while next_cp_seq == seq and next_cp is not None:
+            if gap_from is not None:
+                out.append(_gap_line(gap_from, gap_to, gap_hash))
+                counts.gaps += 1
+                counts.lines += 1
+                gap_from = None
+            out.append(_checkpoint_line(next_cp))
+            counts.checkpoints += 1
+            counts.lines += 1
+            next_cp = next(pending_cps, None)
+            next_cp_seq = next_cp.seq if next_cp is not None else -1
+        counts.last_seq = seq
+        read += 1
+        if read == BATCH:
+            if progress:
+                progress(read)
+            read = 0
+            yield "".join(out)
+            out.clear()
+    if gap_from is not None:
+        out.append(_gap_line(gap_from, gap_to, gap_hash))
+        counts.gaps += 1
+        counts.lines += 1
+    if progress and read:
+        progress(read)
     yield "".join(out)
+
+
+def _events(
+    session: Session, flt: ExportFilter, lo: int, hi: int
+) -> Iterator[tuple[int, str, str, str | None]]:
+    """(seq, prev_hash, hash, body text, or None when the filters leave the event out)."""
+    if flt.selective or flt.since or flt.until:
+        for row in _rows(session, lo, hi):
+            yield row[0], row[12], row[13], body_json(row) if flt.matches(row) else None
+        return
+    # Everything: bodies as the database writes them, each checked against its hash; one that
+    # differs is written in Python from the stored columns, as the export always wrote it.
+    exact, rows = bodies(session, lo, hi)
+    if exact:
+        yield from rows  # type: ignore[misc]
+        return
+    sha256 = hashlib.sha256
+    for seq, prev_hash, hash_, body in rows:
+        digest = sha256(prev_hash.encode("ascii"))
+        digest.update(body.encode("utf-8"))
+        if digest.hexdigest() != hash_:
+            stored = stored_row(session, seq)
+            if stored is not None:
+                body = _stored_body_json(stored)
+        yield seq, prev_hash, hash_, body
 
 
 def _gap_line(from_seq: int, to_seq: int, last_hash: str) -> str:
@@ -439,6 +480,10 @@ def _csv(
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
+    if not (flt.selective or flt.since or flt.until):
+        yield buffer.getvalue()
+        yield from _csv_stored(session, progress)
+        return
     pending = 0
     for row in _matching(session, flt, progress):
         writer.writerow(csv_row(row))
@@ -451,13 +496,121 @@ def _csv(
     yield buffer.getvalue()
 
 
+def _csv_stored(session: Session, progress: Callable[[int], None] | None) -> Iterator[str]:
+    """Every event as CSV, from the stored rows: the details column is the stored text."""
+    out: list[str] = []
+    loads = json.loads
+    for row in stored_rows(session):
+        text = stored_details(row[11])
+        details = loads(text) if text != "{}" else {}
+        action = row[3]
+        out.append(
+            ",".join(
+                [
+                    str(row[0]),
+                    stored_ts_text(row[1]),
+                    _csv_text(row[2]),
+                    _csv_text(action),
+                    _csv_text(row[4]),
+                    _csv_text(row[5]),
+                    _csv_text(row[6]),
+                    _csv_text(row[7]),
+                    _csv_text(row[8]),
+                    _csv_text(row[9]),
+                    _csv_text(row[10]),
+                    _csv_text(
+                        details.get("entitlement")
+                        or (row[4] if action.startswith("grant.") else None)
+                    ),
+                    _csv_text(details.get("grant_id")),
+                    _csv_text(details.get("role_session_name")),
+                    _csv_text(details.get("source_identity")),
+                    _csv_text(details.get("access_key_id")),
+                    _csv_text(
+                        details.get("expires_at") if action == "credentials.issued" else None
+                    ),
+                    _csv_text(text),
+                    row[12],
+                    row[13],
+                ]
+            )
+            + "\r\n"
+        )
+        if len(out) == BATCH:
+            if progress:
+                progress(BATCH)
+            yield "".join(out)
+            out.clear()
+    if progress and out:
+        progress(len(out))
+    yield "".join(out)
+
+
+def _csv_text(value: Any) -> str:
+    """What `csv.writer` (minimal quoting) writes for `csv_cell(value)`."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        text = "'" + value if value.startswith(_FORMULA_START) else value
+    else:
+        text = str(value)
+    if '"' in text or "," in text or "\n" in text or "\r" in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 def _ocsf(
     session: Session, flt: ExportFilter, progress: Callable[[int], None] | None
 ) -> Iterator[str]:
+    encode = _OCSF_JSON.encode
     out: list[str] = []
-    for row in _matching(session, flt, progress):
-        out.append(json.dumps(to_ocsf(body_dict(row), row[13]), sort_keys=True) + "\n")
+    if flt.selective or flt.since or flt.until:
+        events: Iterator[tuple[dict[str, Any], str]] = (
+            (body_dict(row), row[13]) for row in _matching(session, flt, progress)
+        )
+    else:
+        events = _stored_bodies(session, progress)
+    for body, hash_ in events:
+        out.append(encode(to_ocsf(body, hash_)) + "\n")
         if len(out) == BATCH:
             yield "".join(out)
             out.clear()
     yield "".join(out)
+
+
+# Compact and UTF-8 as the other formats; sorted keys so equal events give equal lines.
+_OCSF_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _stored_bodies(
+    session: Session, progress: Callable[[int], None] | None
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """`body_dict` of every stored row (details parsed once), and its hash."""
+    loads = json.loads
+    read = 0
+    for row in stored_rows(session):
+        text = stored_details(row[11])
+        yield (
+            {
+                "seq": row[0],
+                "ts": stored_ts_text(row[1]),
+                "actor": row[2],
+                "action": row[3],
+                "target": row[4],
+                "decision": row[5],
+                "reason": row[6],
+                "ip": row[7],
+                "user_agent": row[8],
+                "client": row[9],
+                "policy_version": row[10],
+                "details": loads(text) if text != "{}" else {},
+            },
+            row[13],
+        )
+        read += 1
+        if read == BATCH:
+            if progress:
+                progress(read)
+            read = 0
+    if progress and read:
+        progress(read)

@@ -17,15 +17,14 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.audit.chain import GENESIS
+from broker.audit.body import EVENT_LINE, GENESIS
 from broker.audit.checkpoints import InvalidCheckpoint, verify_checkpoint
 from broker.audit.export import EXPORT_FORMAT
 from broker.canonical import canonical_json
 
-# The layout `export` writes; anything else (a file re-encoded by another tool) is parsed.
-_EVENT = re.compile(
-    rb'\{"type":"event","seq":(\d+),"prev_hash":"([0-9a-f]{64})","hash":"([0-9a-f]{64})","body":'
-)
+# The layout `export` writes (`broker.audit.body`); anything else (a file re-encoded by another
+# tool) is parsed.
+_EVENT = EVENT_LINE
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
