@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Exists, Select, exists, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Row,
+    Select,
+    Table,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from broker.audit import NewEvent
@@ -38,25 +49,70 @@ class EndingMixin(GrantCore):
         """End active grants past `expires_at` and lapse stale pending ones; return their ids.
 
         Rows are claimed with `FOR UPDATE SKIP LOCKED` on PostgreSQL, so several schedulers
-        never end the same grant twice.
+        never end the same grant twice. A batch is a handful of statements whatever its size:
+        the grants are ended with one UPDATE, their denies and audit events are inserted in
+        bulk, and the audit head is locked once, at the end.
         """
         now = self.clock()
-        ended: list[str] = []
         with self._tx() as session:
             query = (
-                select(Grant)
+                select(
+                    Grant.id,
+                    Grant.principal_id,
+                    Grant.role_arn,
+                    Grant.entitlement_id,
+                    Principal.email,
+                    Principal.source_identity,
+                )
+                .join(Principal, Principal.id == Grant.principal_id)
                 .where(Grant.status == GrantStatus.ACTIVE, Grant.expires_at <= now)
                 .order_by(Grant.expires_at)
                 .limit(limit)
             )
-            grants = session.scalars(_skip_locked(query, self.db)).unique().all()
-            known = _Prefetched.load(session, grants, cutoff=now)
-            for grant in grants:
-                self._end(
-                    session, grant, GrantStatus.EXPIRED, "scheduler", "grant ended", None, known
+            due = session.execute(_skip_locked(query, self.db)).all()
+            if not due:
+                return []
+            ids = [row.id for row in due]
+            known = _Prefetched.load(session, due, cutoff=now)
+            session.execute(
+                update(Grant)
+                .where(Grant.id.in_(ids))
+                .values(
+                    status=GrantStatus.EXPIRED,
+                    ended_at=now,
+                    ended_by="scheduler",
+                    end_reason="grant ended",
                 )
-                ended.append(grant.id)
-        return ended
+                .execution_options(synchronize_session=False)
+            )
+            revocations: list[dict[str, Any]] = []
+            events: list[NewEvent] = []
+            for row in due:
+                denies = []
+                last_expiry = known.last_expiry.get(row.id)
+                others = known.others_active(row)
+                if last_expiry is not None:
+                    denies.append(_deny_row(row, "grant" if others else "person", now, last_expiry))
+                revocations.extend(denies)
+                events.append(
+                    NewEvent(
+                        "grant.expired",
+                        target=row.entitlement_id,
+                        decision="end",
+                        reason="grant ended",
+                        details={
+                            "grant_id": row.id,
+                            "person": row.email,
+                            "role_arn": row.role_arn,
+                            "revocations": [d["id"] for d in denies],
+                        },
+                    )
+                )
+            if revocations:
+                session.execute(insert(cast(Table, Revocation.__table__)), revocations)
+                notify(session)
+            self.audit.append_many(session, self._ectx("scheduler", None), events)
+        return ids
 
     def end_contractors_past_end_date(self, *, limit: int = 500) -> list[str]:
         """End the live grants of contractors whose `valid_until` has passed; return their ids.
@@ -301,7 +357,9 @@ class _Prefetched:
     active: dict[tuple[str, str], int]  # (principal, role) -> active grants, batch included
 
     @classmethod
-    def load(cls, session: Session, grants: Sequence[Grant], *, cutoff: datetime) -> _Prefetched:
+    def load(
+        cls, session: Session, grants: Sequence[Grant | Row[Any]], *, cutoff: datetime
+    ) -> _Prefetched:
         """Read the batch's live-session expiries and its people's active grant counts."""
         ids = [g.id for g in grants]
         people = {g.principal_id for g in grants}
@@ -328,12 +386,30 @@ class _Prefetched:
                 active[(principal_id, role_arn)] = int(count)
         return cls(last, active)
 
-    def others_active(self, grant: Grant) -> int:
+    def others_active(self, grant: Grant | Row[Any]) -> int:
         """Active grants of this person on this role besides ``grant``, which is ending now."""
         key = (grant.principal_id, grant.role_arn)
         remaining = max(self.active.get(key, 0) - 1, 0)
         self.active[key] = remaining
         return remaining
+
+
+def _deny_row(due: Row[Any], scope: str, cutoff: datetime, last_expiry: datetime) -> dict[str, Any]:
+    """A pending deny for an ended grant's sessions (what `_grant_revocations` adds)."""
+    return {
+        "id": new_id(),
+        "role_arn": due.role_arn,
+        "scope": scope,
+        "source_identity": due.source_identity,
+        "grant_id": due.id,
+        "principal_id": due.principal_id,
+        "cutoff": cutoff,
+        "drop_after": last_expiry,
+        "status": RevocationStatus.PENDING,
+        "attempts": 0,
+        "next_attempt_at": cutoff,
+        "created_at": cutoff,
+    }
 
 
 def _skip_locked(query: Any, database: Database) -> Any:
@@ -374,13 +450,15 @@ def _uncovered(now: datetime) -> Select[str, int]:
         .where(
             s.expires_at > now,
             Grant.status != GrantStatus.ACTIVE,
-            ~covered((r.scope == "grant") & (r.grant_id == s.grant_id)),
-            ~covered((r.scope == "session") & (r.role_session_name == s.role_session_name)),
+            # The usual cover first (a person's cutoff, then a grant's): a covered session is
+            # settled by the first test that finds its deny.
             ~covered(
                 (r.scope == "person")
                 & (r.source_identity == s.source_identity)
                 & (r.cutoff >= s.issued_at)
             ),
+            ~covered((r.scope == "grant") & (r.grant_id == s.grant_id)),
+            ~covered((r.scope == "session") & (r.role_session_name == s.role_session_name)),
             ~covered((r.scope == "role") & (r.cutoff >= s.issued_at)),
         )
         .group_by(s.grant_id)

@@ -185,7 +185,8 @@ class Scheduler:
                 ended.extend(batch)
                 if len(batch) < self.batch:
                     break
-                time.sleep(self.batch_pause)
+                if self.db.dialect == "sqlite":  # PostgreSQL queues writers on row locks
+                    time.sleep(self.batch_pause)
             self._expired_through = max(self._expired_through, started)
         if ended:
             log.info("expired %d grant(s)", len(ended))

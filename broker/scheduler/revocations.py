@@ -1,10 +1,11 @@
-"""Putting queued revocations in place on AWS, one role at a time, exactly once.
+"""Putting queued revocations in place on AWS, role by role, exactly once.
 
 For each role with work to do (a pending revocation whose retry time has come, or an applied
 one whose sessions have all expired), the whole role is re-planned from *every* live
 revocation row of that role and written with one ``PutRolePolicy`` (or one delete when nothing
-is left). On PostgreSQL the role is held by an advisory lock for the pass, so two schedulers
-never overwrite each other's policy. Rows are marked applied or dropped and the pass is
+is left). Roles are independent, so a pass works on a few of them at a time (``WORKERS``). On
+PostgreSQL the role is held by an advisory lock for the pass, so two schedulers never
+overwrite each other's policy. Rows are marked applied or dropped and the pass is
 audited in one transaction *after* IAM answered; a crash in between only means the next pass
 writes the same document again (IAM's write is idempotent) and audits it then.
 """
@@ -12,7 +13,8 @@ writes the same document again (IAM's write is idempotent) and audits it then.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,6 +28,10 @@ from broker.revocation import DenyEntry, PolicyPlan, RevocationPending, RoleRevo
 
 log = logging.getLogger(__name__)
 
+WORKERS = 4
+"""Roles put in place at once: IAM calls are network round trips, so a pass over many roles
+overlaps them (few enough to stay well inside IAM's request rate)."""
+
 
 @dataclass
 class PassResult:
@@ -36,6 +42,18 @@ class PassResult:
     failed: dict[str, str] = field(default_factory=dict)  # role -> error
     skipped: list[str] = field(default_factory=list)  # held by another scheduler
     puts: int = 0
+
+    @classmethod
+    def merged(cls, parts: Iterable[PassResult]) -> PassResult:
+        """One result for several roles' results."""
+        result = cls()
+        for part in parts:
+            result.applied.update(part.applied)
+            result.dropped.update(part.dropped)
+            result.failed.update(part.failed)
+            result.skipped.extend(part.skipped)
+            result.puts += part.puts
+        return result
 
 
 class RevocationApplier:
@@ -50,8 +68,10 @@ class RevocationApplier:
         policy_version: Callable[[], str | None] = lambda: None,
         retry_max: timedelta = timedelta(minutes=5),
         retry_base: timedelta = timedelta(seconds=2),
+        workers: int = WORKERS,
     ) -> None:
         self.db = database
+        self.workers = workers
         self.revoker = revoker
         self.clock = clock
         self.audit = AuditLog(clock)
@@ -62,7 +82,7 @@ class RevocationApplier:
     def due_roles(self) -> list[str]:
         """Roles with a pending revocation ready to try, or an applied one ready to drop."""
         now = self.clock()
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             roles = session.scalars(
                 select(Revocation.role_arn)
                 .where(_due(now))
@@ -72,11 +92,16 @@ class RevocationApplier:
         return list(roles)
 
     def run(self) -> PassResult:
-        """One pass over every due role."""
-        result = PassResult()
-        for role_arn in self.due_roles():
-            self.apply_role(role_arn, result)
-        return result
+        """One pass over every due role, ``workers`` roles at a time (each role's work is
+        independent: its own lock, rows, IAM calls and transactions)."""
+        roles = self.due_roles()
+        if self.workers <= 1 or len(roles) <= 1:
+            result = PassResult()
+            for role_arn in roles:
+                self.apply_role(role_arn, result)
+            return result
+        with ThreadPoolExecutor(min(self.workers, len(roles)), "broker-revoke") as pool:
+            return PassResult.merged(pool.map(self.apply_role, roles))
 
     def apply_role(self, role_arn: str, result: PassResult | None = None) -> PassResult:
         """Re-plan and write one role's policy if it still has due work (under its lock)."""
@@ -86,7 +111,7 @@ class RevocationApplier:
                 result.skipped.append(role_arn)
                 return result
             now = self.clock()
-            with self.db.session() as session:
+            with self.db.read_session() as session:
                 rows = list(
                     session.scalars(
                         select(Revocation)

@@ -124,3 +124,18 @@ def test_details_stored_in_another_json_form_are_judged_by_content(database: Dat
     with database.session() as session:
         result = verify_database(session)
     assert not result.ok and result.broken is not None and result.broken.seq == 3
+
+
+def test_append_many_chains_as_appending_one_by_one(database: Database) -> None:
+    log = AuditLog()
+    events = [NewEvent("test.batch", target=v, reason=v, details={"v": v}) for v in AWKWARD]
+    with database.session() as session:
+        log.append(session, EventContext(actor="a"), NewEvent("test.before"))
+        log.append_many(session, EventContext(actor="scheduler", client="scheduler"), events)
+        log.append(session, EventContext(actor="a"), NewEvent("test.after"))
+    with database.session() as session:
+        rows = session.scalars(sa.select(AuditEvent).order_by(AuditEvent.seq)).all()
+        assert [r.seq for r in rows] == list(range(1, len(AWKWARD) + 3))
+        assert [r.action for r in rows[1:-1]] == ["test.batch"] * len(AWKWARD)
+        assert [r.details for r in rows[1:-1]] == [{"v": v} for v in AWKWARD]
+        assert verify_database(session).ok
